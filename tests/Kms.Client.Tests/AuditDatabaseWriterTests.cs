@@ -664,7 +664,7 @@ public sealed partial class AuditDatabaseWriterTests : IAsyncLifetime, IDisposab
         Assert.True(AuditChain.SignedBeforeRetentionCutsWere(body));
         var signature = await _hsm.SignEcdsaAsync(await HsmSigningKeyAsync(), Kms.Core.Ports.EcCurve.P256, AuditChain.CheckpointDigest(body), default);
         await _store.AddAuditCheckpointAsync(new AuditCheckpoint(21, head21, _time.GetUtcNow(), other.Fingerprint, body, signature), default);
-        Assert.Equal(20, await _store.PruneAuditAsync(20, default));
+        Assert.Equal(20, (await _store.PruneAuditAsync(20, default)).Events);
         await AppendAsync(22, 22);
         Assert.Equal(22L, (await other.CheckpointAsync(default))?.Sequence);
 

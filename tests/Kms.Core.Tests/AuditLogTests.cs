@@ -1342,7 +1342,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         log.CheckpointRowRefused += (sequence, what) => refused.Add((sequence, what));
         await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}"))], default);
         Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
-        Assert.Equal(40, await store.PruneAuditAsync(40, default)); // the whole log (as an older release's retention left it)
+        Assert.Equal(40, (await store.PruneAuditAsync(40, default)).Events); // the whole log (as an older release's retention left it)
         Assert.Null(await log.CheckpointAsync(default)); // the signed anchor: nothing new
 
         await store.AddAuditCheckpointAsync(Row(60, new string('f', 64), log.Fingerprint, RandomNumberGenerator.GetBytes(64)), default);
@@ -1352,6 +1352,94 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
         Assert.Contains("the chain's head 60 is no event's", e.Message, StringComparison.Ordinal);
         Assert.Equal([60L], refused.Select(r => r.Sequence));
         Assert.Equal(40L, (await log.LatestSignedCheckpointAsync(default))?.Sequence);
+    }
+
+    // Defect: a retention pass that passed over MaxCheckpointRowsPassedOver rows (event 1332) cut
+    // nothing, and the next pass started again at the same bound: a database writer without the
+    // HSM who inserted 100 rows just below it (here 150, at 151..300, bogus signatures, above the
+    // checkpoint signed at 150) stopped retention for good. Now the next pass goes on where the
+    // last stopped, finds checkpoint 150 and cuts there; the writer's rows below the cut (41..149,
+    // never looked at) go with the events they stood over, and are reported (event 1344), not
+    // deleted without a word. Those above the cut stay (the events they name are still held).
+    [Fact]
+    public async Task Retention_MoreRowsTheAuditKeyDidNotSignThanAPassLooksAt_TheNextPassGoesOn_CutsAtTheCheckpoint_RowsBelowReportedDeleted()
+    {
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365), Retention = TimeSpan.FromDays(30) });
+        await log.InitializeAsync(default);
+        var t0 = _time.GetUtcNow();
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}") with { Time = t0 })], default);
+        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        await store.AppendAuditAsync([.. Enumerable.Range(41, 110).Select(i => Entry($"e-{i}") with { Time = t0 })], default);
+        Assert.Equal(150, (await log.CheckpointAsync(default))?.Sequence);
+        await store.AppendAuditAsync([.. Enumerable.Range(151, 150).Select(i => Entry($"e-{i}") with { Time = t0 })], default);
+        await store.AppendAuditAsync([.. Enumerable.Range(301, 20).Select(i => Entry($"e-{i}") with { Time = t0.AddDays(20) })], default);
+        Assert.Equal(320, (await log.CheckpointAsync(default))?.Sequence);
+        var events = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default);
+        foreach (var sequence in Enumerable.Range(41, 260).Where(i => i != 150))
+        {
+            await store.AddAuditCheckpointAsync(Row(sequence, AuditChain.HashOf(events[sequence - 1].Body), log.Fingerprint, RandomNumberGenerator.GetBytes(64)), default);
+        }
+
+        _time.Advance(TimeSpan.FromDays(31));
+        var passedOver = new List<long>();
+        log.RetentionPassedOver += (sequence, _) => passedOver.Add(sequence);
+        var deleted = new List<(long Cut, IReadOnlyList<long> Rows)>();
+        log.RetentionRowsDeleted += (cut, rows) => deleted.Add((cut, rows));
+
+        Assert.Equal(0, await log.PruneAsync(_time.GetUtcNow(), default)); // 300..201: the pass's hundred
+        Assert.Equal(Enumerable.Range(201, 100).Reverse().Select(i => (long)i), passedOver);
+        Assert.Equal(150, await log.PruneAsync(_time.GetUtcNow(), default)); // 200..151, then 150
+        Assert.Equal(Enumerable.Range(151, 150).Reverse().Select(i => (long)i), passedOver); // none looked at twice
+        Assert.Equal(151, (await store.ListAuditEventsAsync(new AuditQuery { Limit = 1 }, default))[0].Sequence);
+        var (cut, rows) = Assert.Single(deleted);
+        Assert.Equal(150, cut);
+        Assert.Equal(Enumerable.Range(41, 109).Select(i => (long)i), rows); // not 40: the audit key's
+        Assert.Equal(150, (await store.ListAuditCheckpointsAsync(long.MinValue, 1, default))[0].Sequence);
+    }
+
+    // Rows a pass passed over as no place to cut that lie below the cut it made (the first
+    // checkpoint of the chain past the per-pass bound, none within it) go with the events: each is
+    // reported (event 1344), the one the audit key signed over another head among them.
+    [Fact]
+    public async Task Retention_RowsPassedOverBelowTheCut_DeletedWithTheEvents_EachReported()
+    {
+        var (store, log) = await ExpiredEventsWithCheckpointsAt40And100Async();
+        var events = await store.ListAuditEventsAsync(new AuditQuery { Limit = 1000 }, default);
+        await store.AddAuditCheckpointAsync(Row(30, AuditChain.HashOf(events[29].Body), log.Fingerprint, RandomNumberGenerator.GetBytes(64)), default);
+        await store.AddAuditCheckpointAsync(await SignedRawAsync(store, Row(20, new string('a', 64), log.Fingerprint, [])), default);
+        var options = new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365), Retention = TimeSpan.FromDays(30), MaxPrunedPerPass = 35 };
+        var bounded = new AuditLog(store, store, _hsm, _time, options);
+        await bounded.InitializeAsync(default);
+        var passedOver = new List<long>();
+        bounded.RetentionPassedOver += (sequence, _) => passedOver.Add(sequence);
+        var deleted = new List<(long Cut, IReadOnlyList<long> Rows)>();
+        bounded.RetentionRowsDeleted += (cut, rows) => deleted.Add((cut, rows));
+
+        Assert.Equal(40, await bounded.PruneAsync(_time.GetUtcNow(), default));
+        Assert.Equal([30L, 20L], passedOver);
+        var (cut, rows) = Assert.Single(deleted);
+        Assert.Equal(40, cut);
+        Assert.Equal([20L, 30L], rows);
+    }
+
+    // Defect: every checkpoint listed the event at the head's sequence to learn whether the head
+    // was an event's (ThrowUnlessTheHeadIsAnEventOrSignedAsync), though the store's head read
+    // already says so (AuditHeadSource). Now a checkpoint over an event's head reads the head once
+    // and lists one event (the chain still passes through the last checkpoint); before, two.
+    [Fact]
+    public async Task Checkpoint_OverAnEventsHead_NoReadBeyondTheHeadAndTheChainCheck()
+    {
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365) });
+        await log.InitializeAsync(default);
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}"))], default);
+        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        await store.AppendAuditAsync([.. Enumerable.Range(41, 10).Select(i => Entry($"e-{i}"))], default);
+
+        var (listings, heads) = (store.AuditReadStatements, store.AuditHeadReads);
+        Assert.Equal(50, (await log.CheckpointAsync(default))?.Sequence);
+        Assert.Equal((1L, 1), (store.AuditReadStatements - listings, store.AuditHeadReads - heads));
     }
 
     // A log whose events 1..80 are past the retention period and 81..100 are not, checkpoints
@@ -1529,6 +1617,8 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         public Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken) => inner.GetAuditHeadAsync(cancellationToken);
 
+        public Task<AuditHeadSource> GetAuditHeadSourceAsync(CancellationToken cancellationToken) => inner.GetAuditHeadSourceAsync(cancellationToken);
+
         public void RequireSignedCheckpointHead(Func<AuditCheckpoint, bool> signedByTheAuditKey) => inner.RequireSignedCheckpointHead(signedByTheAuditKey);
 
         public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken) => inner.ListAuditEventsAsync(query, cancellationToken);
@@ -1552,7 +1642,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
 
         public Task<AuditCheckpoint?> FindAuditCheckpointAtOrBeforeAsync(long sequence, CancellationToken cancellationToken) => inner.FindAuditCheckpointAtOrBeforeAsync(sequence, cancellationToken);
 
-        public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) => inner.PruneAuditAsync(throughSequence, cancellationToken);
+        public Task<AuditPruned> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) => inner.PruneAuditAsync(throughSequence, cancellationToken);
 
         public Task<long?> FindAuditWalkStartAsync(AuditQuery query, CancellationToken cancellationToken) => inner.FindAuditWalkStartAsync(query, cancellationToken);
 

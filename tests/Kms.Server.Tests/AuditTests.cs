@@ -382,7 +382,7 @@ public sealed class AuditTests : IAsyncLifetime
         Assert.NotNull(signed);
 
         // The writer: the signed prefix through that checkpoint deleted, a record of the cut forged onto the tail.
-        Assert.True(await store.PruneAuditAsync(signed.Sequence, default) > 0);
+        Assert.True((await store.PruneAuditAsync(signed.Sequence, default)).Events > 0);
         await store.AppendAuditAsync([Event("other-node"), Event(AuditChain.RetentionPrincipal) with { Operation = AuditChain.RetentionOperation, Resource = AuditChain.RetentionResource(signed.Sequence) }], default);
         await store.AppendAuditAsync([Event("other-node")], default);
         Assert.NotNull(await other.CheckpointAsync(default)); // the healthy node signs past it

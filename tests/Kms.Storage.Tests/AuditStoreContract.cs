@@ -141,7 +141,7 @@ public abstract class AuditStoreContract : AccessStoreContract
 
         // A pruned prefix that ends inside a block (95 of 91..100): the blocks it cuts go, that one stays.
         await store.AddAuditCheckpointAsync(Checkpoint(events[94]), default);
-        Assert.Equal(95, await store.PruneAuditAsync(95, default));
+        Assert.Equal(95, (await store.PruneAuditAsync(95, default)).Events);
         await AssertListingsAsync();
 
         // The tail completes, and the summary goes on from the last block.
@@ -214,7 +214,7 @@ public abstract class AuditStoreContract : AccessStoreContract
         foreach (var through in new[] { 100, 125 })
         {
             await store.AddAuditCheckpointAsync(Checkpoint(events[through - 1]), default);
-            Assert.InRange(await store.PruneAuditAsync(through, default), 1, 100);
+            Assert.InRange((await store.PruneAuditAsync(through, default)).Events, 1, 100);
 
             // Oldest first, "the last minute": its events in the first page (not an empty page of
             // the window from the oldest event, 101..110 or 126..135), and six pages in all.
@@ -285,12 +285,12 @@ public abstract class AuditStoreContract : AccessStoreContract
 
         // A prune ending inside a block (95 of 91..100): that block stays, the ones before go.
         await store.AddAuditCheckpointAsync(Checkpoint(events[94]), default);
-        Assert.Equal(95, await store.PruneAuditAsync(95, default));
+        Assert.Equal(95, (await store.PruneAuditAsync(95, default)).Events);
         await AssertCutsAsync("pruned inside a block");
 
         // A prune ending on a block's last event: the oldest event starts the next block.
         await store.AddAuditCheckpointAsync(Checkpoint(events[119]), default);
-        Assert.Equal(25, await store.PruneAuditAsync(120, default));
+        Assert.Equal(25, (await store.PruneAuditAsync(120, default)).Events);
         await AssertCutsAsync("pruned to a block's end");
 
         // The tail completes and the summary goes on: times going back further still.
@@ -581,7 +581,7 @@ public abstract class AuditStoreContract : AccessStoreContract
 
         await store.AddAuditCheckpointAsync(Checkpoint(events[0]), default);
         await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
-        Assert.Equal(3, await store.PruneAuditAsync(3, default));
+        Assert.Equal(3, (await store.PruneAuditAsync(3, default)).Events);
 
         Assert.Empty(await store.ListAuditEventsAsync(new AuditQuery(), default));
         Assert.Equal(new AuditHead(3, events[2].Hash), await store.GetAuditHeadAsync(default));
@@ -637,7 +637,7 @@ public abstract class AuditStoreContract : AccessStoreContract
         });
         var events = await store.AppendAuditAsync([Entry(1), Entry(2), Entry(3)], default);
         await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
-        Assert.Equal(3, await store.PruneAuditAsync(3, default));
+        Assert.Equal(3, (await store.PruneAuditAsync(3, default)).Events);
         var forged = new string('f', 64);
         await store.AddAuditCheckpointAsync(new AuditCheckpoint(7, forged, T0, "sha256:00", AuditChain.CheckpointBody(7, forged, T0, "sha256:00"), [9]), default);
 
@@ -660,7 +660,7 @@ public abstract class AuditStoreContract : AccessStoreContract
         var events = await store.AppendAuditAsync([Entry(1), Entry(2), Entry(3)], default);
         Assert.Empty(checkedRows); // a head that is an event's is never checked
         await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
-        Assert.Equal(3, await store.PruneAuditAsync(3, default));
+        Assert.Equal(3, (await store.PruneAuditAsync(3, default)).Events);
 
         var next = await store.AppendAuditAsync([Entry(4)], default);
         Assert.Equal((4L, events[2].Hash), (next[0].Sequence, next[0].PreviousHash));
@@ -687,6 +687,57 @@ public abstract class AuditStoreContract : AccessStoreContract
         Assert.Equal((3L, events[2].Hash, Checkpoint(events[2]).Body, "010203"), (stored!.Sequence, stored.HeadHash, stored.Body, Convert.ToHexString(stored.Signature)));
         Assert.Null(await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default));
         Assert.Equal([3L], (await store.ListAuditCheckpointsAsync(0, 10, default)).Select(c => c.Sequence));
+    }
+
+    [Fact]
+    public async Task Prune_ReturnsEveryCheckpointRowItDeleted_AsStored_NoneAtOrAboveTheCut()
+    {
+        // A cut deleted the checkpoint rows below it without a word: a database writer's among
+        // them (AuditLog reports those the audit key did not sign, event 1344). Now each comes back,
+        // read by the delete itself, with every column as stored.
+        var store = await AuditAsync();
+        var events = await store.AppendAuditAsync([.. Enumerable.Range(1, 5).Select(Entry)], default);
+        var forged = new string('f', 64);
+        AuditCheckpoint Planted(long sequence) => new(sequence, forged, T0.AddSeconds(sequence), "sha256:0" + sequence, AuditChain.CheckpointBody(sequence, forged, T0, "sha256:00"), [9, (byte)(sequence & 0xFF)]);
+        foreach (var sequence in new long[] { 2, -3, 0 })
+        {
+            Assert.Null(await store.AddAuditCheckpointAsync(Planted(sequence), default));
+        }
+
+        Assert.Null(await store.AddAuditCheckpointAsync(Checkpoint(events[0]), default));
+        Assert.Null(await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default));
+        Assert.Null(await store.AddAuditCheckpointAsync(Planted(4), default));
+
+        var pruned = await store.PruneAuditAsync(3, default);
+        Assert.Equal(3, pruned.Events);
+        Assert.Equal([-3L, 0L, 1L, 2L], pruned.CheckpointRows.Select(c => c.Sequence));
+        foreach (var (row, expected) in pruned.CheckpointRows.Zip(new[] { Planted(-3), Planted(0), Checkpoint(events[0]), Planted(2) }))
+        {
+            Assert.Equal(
+                (expected.HeadHash, expected.Time.ToUnixTimeMilliseconds(), expected.KeyFingerprint, expected.Body, Convert.ToHexString(expected.Signature)),
+                (row.HeadHash, row.Time.ToUnixTimeMilliseconds(), row.KeyFingerprint, row.Body, Convert.ToHexString(row.Signature)));
+        }
+
+        Assert.Equal([3L, 4L], (await store.ListAuditCheckpointsAsync(long.MinValue, 10, default)).Select(c => c.Sequence));
+        Assert.Empty((await store.PruneAuditAsync(3, default)).CheckpointRows);
+    }
+
+    [Fact]
+    public async Task Head_Source_SaysWhetherTheHeadIsAnEventsOrACheckpointRows()
+    {
+        // AuditLog.CheckpointAsync listed the event at the head to tell; the head's read says so.
+        var store = await AuditAsync();
+        Assert.Equal(new AuditHeadSource(AuditChain.Empty, false), await store.GetAuditHeadSourceAsync(default));
+        var events = await store.AppendAuditAsync([.. Enumerable.Range(1, 3).Select(Entry)], default);
+        Assert.Equal(new AuditHeadSource(new AuditHead(3, events[2].Hash), false), await store.GetAuditHeadSourceAsync(default));
+        Assert.Null(await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default));
+        var forged = new string('f', 64);
+        Assert.Null(await store.AddAuditCheckpointAsync(new AuditCheckpoint(9, forged, T0, "sha256:00", AuditChain.CheckpointBody(9, forged, T0, "sha256:00"), [9]), default));
+        Assert.Equal(new AuditHeadSource(new AuditHead(3, events[2].Hash), false), await store.GetAuditHeadSourceAsync(default)); // the events', whatever rows lie above
+
+        Assert.Equal(3, (await store.PruneAuditAsync(3, default)).Events);
+        Assert.Equal(new AuditHeadSource(new AuditHead(9, forged), true), await store.GetAuditHeadSourceAsync(default));
+        Assert.Equal(new AuditHead(9, forged), await store.GetAuditHeadAsync(default));
     }
 
     protected async Task<IAuditStore> AuditAsync() => (IAuditStore)await CreateStoreAsync();

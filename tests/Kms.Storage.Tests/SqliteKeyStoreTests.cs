@@ -29,7 +29,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         store.RequireSignedCheckpointHead(row => row.Signature.AsSpan().SequenceEqual((byte[])[1, 2, 3]));
         var events = await store.AppendAuditAsync([Entry(1), Entry(2), Entry(3)], default);
         await store.AddAuditCheckpointAsync(Checkpoint(events[2]), default);
-        Assert.Equal(3, await store.PruneAuditAsync(3, default));
+        Assert.Equal(3, (await store.PruneAuditAsync(3, default)).Events);
 
         var signed = await store.SnapshotAsync(Path.Combine(_directory, "signed.db"), default);
         Assert.Equal((new Kms.Core.Audit.AuditHead(3, events[2].Hash), 3L), (signed.AuditHead, signed.HeadCheckpoint?.Sequence));

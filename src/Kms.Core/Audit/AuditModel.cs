@@ -105,6 +105,20 @@ public sealed record AuditEvent(long Sequence, AuditEntry Entry, string Previous
 public readonly record struct AuditHead(long Sequence, string Hash);
 
 /// <summary>
+/// The chain's head as the store reads it (<see cref="Ports.IAuditStore.GetAuditHeadSourceAsync"/>),
+/// and where it came from: the last event's (the common case), or, where no event is stored, the
+/// newest checkpoint row's — a database row only, which the caller checks the audit key signed.
+/// </summary>
+public readonly record struct AuditHeadSource(AuditHead Head, bool FromCheckpointRow);
+
+/// <summary>
+/// What a retention cut (<see cref="Ports.IAuditStore.PruneAuditAsync"/>) deleted: how many events,
+/// and every checkpoint row below the cut, as it was stored (they stand over events that no longer
+/// exist), so the caller can tell the audit key's checkpoints from rows it did not sign.
+/// </summary>
+public sealed record AuditPruned(long Events, IReadOnlyList<AuditCheckpoint> CheckpointRows);
+
+/// <summary>
 /// The SIEM stream restarted (<see cref="Services.AuditLog.StreamRestarted"/>): the database's chain
 /// no longer holds the last event the stream was sent (the database went back behind it, or was
 /// rewritten there), so the events after <paramref name="After"/> are sent next, the new chain's

@@ -22,6 +22,13 @@ public interface IAuditStore
     Task<AuditHead> GetAuditHeadAsync(CancellationToken cancellationToken);
 
     /// <summary>
+    /// The head as <see cref="GetAuditHeadAsync"/> reads it, in the same one statement, and whether
+    /// it came from a checkpoint row (no event stored) rather than the last event: a caller that
+    /// must check such a row (a checkpoint signed over the head) needs no second read to tell.
+    /// </summary>
+    Task<AuditHeadSource> GetAuditHeadSourceAsync(CancellationToken cancellationToken);
+
+    /// <summary>
     /// From now on, an append — a batch of <see cref="AppendAuditAsync"/>, a mutation's own event —
     /// chains onto a head taken from a checkpoint row (no event stored: retention cut the whole log,
     /// or a database writer inserted a row into an empty one) only if
@@ -106,6 +113,10 @@ public interface IAuditStore
     /// be a checkpoint's sequence (that checkpoint stays, anchoring what remains), and the
     /// checkpoints before it, and the time summaries of blocks that end there or before.
     /// </summary>
-    /// <returns>How many events were deleted.</returns>
-    Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken);
+    /// <returns>
+    /// How many events were deleted, and each checkpoint row deleted, as it was stored, read in the
+    /// same transaction as the delete (none deleted unreported): the caller reports those the audit
+    /// key did not sign (a database writer's rows) rather than have them vanish silently.
+    /// </returns>
+    Task<AuditPruned> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken);
 }

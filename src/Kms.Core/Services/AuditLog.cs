@@ -138,8 +138,22 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// </summary>
     public event Action<long>? AppendRefused;
 
-    /// <summary>How many checkpoint rows one retention pass passes over (<see cref="RetentionPassedOver"/>) before it gives up, cutting nothing: each costs a signature check and a log line.</summary>
+    /// <summary>
+    /// How many checkpoint rows one retention pass passes over (<see cref="RetentionPassedOver"/>)
+    /// before it stops, cutting nothing: each costs a signature check and a log line. The next pass
+    /// goes on where it stopped, so rows a database writer planted slow retention down, a hundred
+    /// rows a pass, but never stop it.
+    /// </summary>
     public const int MaxCheckpointRowsPassedOver = 100;
+
+    /// <summary>
+    /// Called when a retention cut deleted checkpoint rows below it that are not the audit key's
+    /// checkpoints (rows passed over as no place to cut, <see cref="RetentionPassedOver"/>, or any
+    /// other the key did not sign): the cut's sequence and theirs, ascending. They stood over events
+    /// the cut deleted, so they go with them; the audit key's own checkpoints below the cut are
+    /// covered by the signed record of the cut and not reported. Logged by the server as event 1344.
+    /// </summary>
+    public event Action<long, IReadOnlyList<long>>? RetentionRowsDeleted;
 
     /// <summary>Called after each group commit with its size and the oldest event's wait.</summary>
     public event Action<int, TimeSpan>? BatchWritten;
@@ -692,13 +706,16 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         // may have cut the chain past the last checkpoint this process knew, which would otherwise
         // look like a rewrite.
         await AdoptLatestCheckpointAsync(cancellationToken);
-        var head = await store.GetAuditHeadAsync(cancellationToken);
+        var (head, fromCheckpointRow) = await store.GetAuditHeadSourceAsync(cancellationToken);
         if (head.Sequence == 0 || (head.Sequence == _lastCheckpoint.Sequence && !_heldAtOwnRecord))
         {
             return null;
         }
 
-        await ThrowUnlessTheHeadIsAnEventOrSignedAsync(head, cancellationToken);
+        if (fromCheckpointRow)
+        {
+            await ThrowUnlessTheCheckpointRowHeadIsSignedAsync(head, cancellationToken);
+        }
 
         try
         {
@@ -744,14 +761,11 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     // The store takes the head from the last event; only where none is stored (retention cut the
     // whole log) from the newest checkpoint row, which a database writer without the HSM could
     // have inserted. Such a head is signed over only if that row is a checkpoint the audit key
-    // signed, of that head: else UNAVAILABLE and CheckpointRowRefused (event 1331).
-    private async Task ThrowUnlessTheHeadIsAnEventOrSignedAsync(AuditHead head, CancellationToken cancellationToken)
+    // signed, of that head: else UNAVAILABLE and CheckpointRowRefused (event 1331). The store's
+    // head read says which it is (AuditHeadSource): a head that is an event's costs no statement
+    // here. Before, every checkpoint listed the event at the head's sequence to find out.
+    private async Task ThrowUnlessTheCheckpointRowHeadIsSignedAsync(AuditHead head, CancellationToken cancellationToken)
     {
-        if (await store.ListAuditEventsAsync(new AuditQuery { AfterSequence = head.Sequence - 1, Limit = 1 }, cancellationToken) is [var e] && e.Sequence == head.Sequence)
-        {
-            return;
-        }
-
         if (await store.FindAuditCheckpointAtOrBeforeAsync(head.Sequence, cancellationToken) is { } row && row.Sequence == head.Sequence
             && SignedHead(row) is { } signed && signed == head)
         {
@@ -961,7 +975,8 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         // At most MaxPrunedPerPass events a pass, cut at a checkpoint (one every
         // CheckpointEveryEvents at most); the next pass goes on from there.
         var bounded = Math.Min(limit, oldest[0].Sequence - 1 + Math.Max(1, options.MaxPrunedPerPass));
-        if (await CutAnchorAsync(oldest[0].Sequence, bounded, limit, cancellationToken) is not { } anchor)
+        var passedOver = new HashSet<long>();
+        if (await CutAnchorAsync(oldest[0].Sequence, bounded, limit, passedOver, cancellationToken) is not { } anchor)
         {
             return 0;
         }
@@ -976,7 +991,7 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                 $"audit retention: event {anchor.Sequence}, where the cut would end, is not older than the retention period by its body ({cutoff:O}), though the database's time column or its summary (audit_blocks) says so: one was edited; nothing deleted");
         }
 
-        return await PruneThroughAsync(anchor.Sequence, cancellationToken);
+        return await PruneThroughAsync(anchor.Sequence, passedOver, cancellationToken);
     }
 
     // Where a retention pass may cut: the newest checkpoint row from `oldest` through `bounded` (the
@@ -987,28 +1002,49 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     // other row — one a database writer inserted, with a bogus signature, another statement, or a
     // checkpoint of another chain — is passed over and reported (RetentionPassedOver, event 1332):
     // before, the newest row was the cut whatever it was, so a writer without the HSM had this
-    // server delete events up to a point no checkpoint of the chain covers. At most
-    // MaxCheckpointRowsPassedOver a pass; past them the pass cuts nothing.
-    private async Task<AuditCheckpoint?> CutAnchorAsync(long oldest, long bounded, long limit, CancellationToken cancellationToken)
+    // server delete events up to a point no checkpoint of the chain covers.
+    // At most MaxCheckpointRowsPassedOver a pass; past them the pass cuts nothing, and the next
+    // goes on from the row after the last it looked at (_cutSearch), in the same order, while the
+    // oldest event is the same: each pass looks at rows no pass of the search looked at, so a
+    // search ends (at most one row a sequence number) and the rows passed over below the cut go
+    // with it (RetentionRowsDeleted). Before, every pass started again at `bounded`: a database
+    // writer who inserted 100 rows just below it stopped retention for good.
+    private async Task<AuditCheckpoint?> CutAnchorAsync(long oldest, long bounded, long limit, HashSet<long> passedOverRows, CancellationToken cancellationToken)
     {
+        // A search left unfinished goes on only over the events it was made for: none cut since
+        // (another node's retention), and its bound still old enough (the period not shortened).
+        var search = _cutSearch is { } left && left.Oldest == oldest && left.Bounded <= limit ? left : new CutSearch(oldest, bounded, bounded, false);
+        _cutSearch = null;
         var passedOver = 0;
-        for (var row = await store.FindAuditCheckpointAtOrBeforeAsync(bounded, cancellationToken); row is not null && row.Sequence >= oldest;
-            row = await store.FindAuditCheckpointAtOrBeforeAsync(row.Sequence - 1, cancellationToken))
+        bool PassOver(AuditCheckpoint row, string reason)
         {
-            if (await NoCutAtAsync(row, cancellationToken) is not { } reason)
+            passedOverRows.Add(row.Sequence);
+            RetentionPassedOver?.Invoke(row.Sequence, reason);
+            return ++passedOver == MaxCheckpointRowsPassedOver;
+        }
+
+        if (!search.Upward)
+        {
+            for (var row = await store.FindAuditCheckpointAtOrBeforeAsync(search.Next, cancellationToken); row is not null && row.Sequence >= oldest;
+                row = await store.FindAuditCheckpointAtOrBeforeAsync(row.Sequence - 1, cancellationToken))
             {
-                return row;
+                if (await NoCutAtAsync(row, cancellationToken) is not { } reason)
+                {
+                    return row;
+                }
+
+                if (PassOver(row, reason))
+                {
+                    _cutSearch = search with { Next = row.Sequence - 1 };
+                    return null;
+                }
             }
 
-            RetentionPassedOver?.Invoke(row.Sequence, reason);
-            if (++passedOver == MaxCheckpointRowsPassedOver)
-            {
-                return null;
-            }
+            search = search with { Next = search.Bounded, Upward = true };
         }
 
         const int Page = 100;
-        for (var after = bounded; after < limit;)
+        for (var after = search.Next; after < limit;)
         {
             var rows = await store.ListAuditCheckpointsAsync(after, Page, cancellationToken);
             foreach (var row in rows)
@@ -1023,9 +1059,9 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
                     return row;
                 }
 
-                RetentionPassedOver?.Invoke(row.Sequence, reason);
-                if (++passedOver == MaxCheckpointRowsPassedOver)
+                if (PassOver(row, reason))
                 {
+                    _cutSearch = search with { Next = row.Sequence };
                     return null;
                 }
             }
@@ -1040,6 +1076,13 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
 
         return null;
     }
+
+    // An unfinished search for a cut (CutAnchorAsync): the oldest event it searches above, the bound
+    // it searched down from, and where it goes on: downward at or before Next, then (Upward) the
+    // rows after Next. Only the lifecycle worker's retention pass reads and writes it, one at a time.
+    private sealed record CutSearch(long Oldest, long Bounded, long Next, bool Upward);
+
+    private CutSearch? _cutSearch;
 
     // Why retention may not cut at a checkpoint row (null: it may): the audit key did not sign it
     // as a checkpoint, or what it signed is not the hash of the chain's event there.
@@ -1066,7 +1109,11 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
     /// the audit key, the last event deleted and its hash, read from its body): a database writer
     /// who deletes a prefix cannot make one, and a copy of an older record names another cut.
     /// </remarks>
-    public async Task<long> PruneThroughAsync(long sequence, CancellationToken cancellationToken)
+    public Task<long> PruneThroughAsync(long sequence, CancellationToken cancellationToken) => PruneThroughAsync(sequence, [], cancellationToken);
+
+    // passedOver: the rows this pass passed over as no place to cut (signed, some of them, but over
+    // another head): reported when the cut deletes them, as every row the audit key did not sign.
+    private async Task<long> PruneThroughAsync(long sequence, HashSet<long> passedOver, CancellationToken cancellationToken)
     {
         // The hash the first event kept links to: event `sequence`'s, from its body, or (already
         // deleted) the next one's link.
@@ -1104,7 +1151,19 @@ public sealed partial class AuditLog(IAuditStore store, IKeyStore settings, IHsm
         // Signed before anything is deleted: a verifier counts the record of a cut only under a
         // checkpoint (anyone holding an export could chain an unsigned one onto its tail).
         await CheckpointAsync(cancellationToken);
-        return await store.PruneAuditAsync(sequence, cancellationToken);
+        var pruned = await store.PruneAuditAsync(sequence, cancellationToken);
+
+        // The checkpoint rows below the cut went with the events they stood over. The audit key's
+        // checkpoints among them are covered by the record of the cut; any other row — a database
+        // writer's, passed over as no place to cut, or never looked at — is reported with its
+        // sequence: before, the cut deleted them without a word.
+        var unsigned = pruned.CheckpointRows.Where(row => passedOver.Contains(row.Sequence) || SignedHead(row) is null).Select(row => row.Sequence).ToList();
+        if (unsigned.Count > 0)
+        {
+            RetentionRowsDeleted?.Invoke(sequence, unsigned);
+        }
+
+        return pruned.Events;
     }
 
     /// <summary>

@@ -80,6 +80,9 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
                 LogRetentionPassedOver(logger, sequence, reason, AuditLog.MaxCheckpointRowsPassedOver);
             }
         };
+        // Once a cut: the rows are gone with it, so a later cut never names them again.
+        audit.RetentionRowsDeleted += (cut, sequences) =>
+            LogRetentionRowsDeleted(logger, sequences.Count, cut, string.Join(", ", sequences.Take(MaxRowsNamed)), sequences.Count > MaxRowsNamed ? $" and {sequences.Count - MaxRowsNamed} more" : "");
         audit.CheckpointRowRefused += (sequence, what) =>
         {
             if (refused.First(sequence, what))
@@ -930,6 +933,12 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1340, Level = LogLevel.Error, Message = "audit events refused (UNAVAILABLE, nothing written, the requests not answered): no event is stored and the chain's head would be checkpoint row {Sequence}, which the audit key did not sign as a checkpoint of that head; the database was written by someone without the HSM. Compare the database with the checkpoints kept off the host, and delete the row to let the log go on from the checkpoint the audit key signed")]
     private static partial void LogAppendRefused(ILogger logger, long sequence);
+
+    // How many sequences one 1344 line names (a writer may have planted far more).
+    private const int MaxRowsNamed = 100;
+
+    [LoggerMessage(EventId = 1344, Level = LogLevel.Warning, Message = "audit retention deleted {Count} checkpoint rows below its cut through event {Cut} that the audit key did not sign as checkpoints of the chain, with the events they stood over: {Sequences:l}{More:l}; the database was written by someone without the HSM (rows inserted or edited). Compare the checkpoints kept off the host")]
+    private static partial void LogRetentionRowsDeleted(ILogger logger, int count, long cut, string sequences, string more);
 
     [LoggerMessage(EventId = 1332, Level = LogLevel.Warning, Message = "audit retention passed over checkpoint row {Sequence} as no place to cut: {Reason:l}; the database was written by someone without the HSM (a row inserted or edited, or the event there edited). The cut is made at the newest checkpoint of the chain instead (after {Max} such rows a pass, nowhere); compare the database with the checkpoints kept off the host")]
     private static partial void LogRetentionPassedOver(ILogger logger, long sequence, string reason, int max);

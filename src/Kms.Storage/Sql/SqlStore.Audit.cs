@@ -50,6 +50,14 @@ public abstract partial class SqlStore
         ReadAsync(connection => ReadHeadAsync(connection, null, cancellationToken), cancellationToken);
 
     /// <inheritdoc />
+    public Task<AuditHeadSource> GetAuditHeadSourceAsync(CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            var (head, fromCheckpointRow) = await ReadHeadRowAsync(connection, null, cancellationToken);
+            return new AuditHeadSource(head, fromCheckpointRow);
+        }, cancellationToken);
+
+    /// <inheritdoc />
     public Task<IReadOnlyList<AuditEvent>> ListAuditEventsAsync(AuditQuery query, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(query);
@@ -460,7 +468,7 @@ public abstract partial class SqlStore
     }
 
     /// <inheritdoc />
-    public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) =>
+    public Task<AuditPruned> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
             await using (var anchor = Command(connection, "SELECT count(*) FROM audit_checkpoints WHERE seq = @seq", ("@seq", throughSequence)))
@@ -472,11 +480,21 @@ public abstract partial class SqlStore
                 }
             }
 
-            await using (var checkpoints = Command(connection, "DELETE FROM audit_checkpoints WHERE seq < @seq", ("@seq", throughSequence)))
+            // Every row below the cut goes, the audit key's checkpoints and rows it did not sign
+            // alike (they stand over events deleted here), and each comes back to the caller, which
+            // reports those it did not sign: read by the delete itself, so none goes unreported.
+            var checkpointRows = new List<AuditCheckpoint>();
+            await using (var checkpoints = Command(connection, "DELETE FROM audit_checkpoints WHERE seq < @seq RETURNING seq, head, time, key, body, signature", ("@seq", throughSequence)))
             {
                 checkpoints.Transaction = transaction;
-                await checkpoints.ExecuteNonQueryAsync(cancellationToken);
+                await using var reader = await checkpoints.ExecuteReaderAsync(cancellationToken);
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    checkpointRows.Add(ReadCheckpoint(reader));
+                }
             }
+
+            checkpointRows.Sort((a, b) => a.Sequence.CompareTo(b.Sequence));
 
             // A block the cut ends inside stays: its times still bound those of its remaining events.
             await using (var blocks = Command(connection, "DELETE FROM audit_blocks WHERE last_seq <= @seq", ("@seq", throughSequence)))
@@ -487,7 +505,7 @@ public abstract partial class SqlStore
 
             await using var events = Command(connection, "DELETE FROM audit_events WHERE seq <= @seq", ("@seq", throughSequence));
             events.Transaction = transaction;
-            return (long)await events.ExecuteNonQueryAsync(cancellationToken);
+            return new AuditPruned(await events.ExecuteNonQueryAsync(cancellationToken), checkpointRows);
         }, cancellationToken, announce: false);
 
     // Inside a write transaction: SQLite has one writer at a time, so the head read here is

@@ -97,7 +97,20 @@ public sealed partial class InMemoryStore : IAuditStore
     {
         lock (_lock)
         {
+            AuditHeadReads++;
             return Task.FromResult(HeadLocked());
+        }
+    }
+
+    /// <summary>How many times the head was read (<see cref="GetAuditHeadAsync"/>, <see cref="GetAuditHeadSourceAsync"/>), as a database would run statements (tests).</summary>
+    public int AuditHeadReads { get; private set; }
+
+    public Task<AuditHeadSource> GetAuditHeadSourceAsync(CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            AuditHeadReads++;
+            return Task.FromResult(new AuditHeadSource(HeadLocked(), _audit.Count == 0 && _checkpoints.Count > 0));
         }
     }
 
@@ -289,11 +302,12 @@ public sealed partial class InMemoryStore : IAuditStore
         }
     }
 
-    public Task<long> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken)
+    public Task<AuditPruned> PruneAuditAsync(long throughSequence, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
             var anchor = _checkpoints.Single(c => c.Sequence == throughSequence);
+            var checkpointRows = _checkpoints.Where(c => c.Sequence < throughSequence).ToList();
             _checkpoints.RemoveAll(c => c.Sequence < throughSequence);
             var removed = _audit.RemoveAll(e => e.Sequence <= throughSequence);
             foreach (var cut in _blocks.Where(b => b.Value.Last <= throughSequence).Select(b => b.Key).ToList())
@@ -302,7 +316,7 @@ public sealed partial class InMemoryStore : IAuditStore
             }
 
             _anchor = new AuditHead(anchor.Sequence, anchor.HeadHash);
-            return Task.FromResult((long)removed);
+            return Task.FromResult(new AuditPruned(removed, checkpointRows));
         }
     }
 
