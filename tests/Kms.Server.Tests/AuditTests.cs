@@ -467,6 +467,55 @@ public sealed class AuditTests : IAsyncLifetime
         }
     }
 
+    // Retention's cut deletes the checkpoint rows below it with the events they stood over, a
+    // database writer's too (here one inserted with SQL below the signed checkpoint, its signature
+    // bogus): the server names it (event 1344, with the cut), once. Before, it went without a word.
+    [Fact]
+    public async Task Retention_ACheckpointRowWithABogusSignatureBelowTheCut_DeletedWithTheEvents_Logged1344_OnSoftHsm()
+    {
+        var server = await KmsTestServer.StartAsync(null, null, "dev", (Action<IServiceCollection>?)null, "--Kms:Audit:CheckpointInterval=12:00:00");
+        try
+        {
+            var audit = server.Services.GetRequiredService<AuditLog>();
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-row");
+            await developer.CreateKeyAsync("tenants/dev", "still-before-the-checkpoint");
+            var signed = await audit.CheckpointAsync(default);
+            Assert.NotNull(signed);
+            await developer.CreateKeyAsync("tenants/dev", "after-the-checkpoint");
+
+            var row = signed.Sequence - 1;
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                var head = AuditChain.HashOf(await ScalarAsync<string>(connection, $"SELECT body FROM audit_events WHERE seq = {row}"));
+                await using var insert = connection.CreateCommand();
+                insert.CommandText = "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature)";
+                insert.Parameters.AddWithValue("@seq", row);
+                insert.Parameters.AddWithValue("@head", head);
+                insert.Parameters.AddWithValue("@time", DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+                insert.Parameters.AddWithValue("@key", audit.Fingerprint);
+                insert.Parameters.AddWithValue("@body", AuditChain.CheckpointBody(row, head, DateTimeOffset.UtcNow, audit.Fingerprint));
+                insert.Parameters.AddWithValue("@signature", System.Security.Cryptography.RandomNumberGenerator.GetBytes(64));
+                Assert.Equal(1, await insert.ExecuteNonQueryAsync());
+            }
+
+            Assert.Equal(signed.Sequence, await audit.PruneAsync(DateTimeOffset.UtcNow + TimeSpan.FromDays(401), default));
+            await using (var connection = new SqliteConnection($"Data Source={server.DatabasePath};Pooling=False"))
+            {
+                await connection.OpenAsync();
+                Assert.Equal(0, await ScalarAsync<long>(connection, $"SELECT count(*) FROM audit_checkpoints WHERE seq = {row}"));
+            }
+
+            Assert.Single(server.Logs.Events, e => e.Contains("Id: 1344", StringComparison.Ordinal) && e.Contains($"deleted 1 checkpoint rows below its cut through event {signed.Sequence} ", StringComparison.Ordinal)
+                && e.Contains($"they stood over: {row};", StringComparison.Ordinal) && e.StartsWith("Warning ", StringComparison.Ordinal));
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+    }
+
     // On SoftHSM through the hosted server, rows inserted with SQL by a database writer without the
     // HSM. A row retention passes over (1332, bogus signature) is logged once a run, though two
     // passes meet it (before, once each pass). A row one past the last event, bogus signature: the
