@@ -434,12 +434,8 @@ public sealed class AuditStreamPositionTests
             logs = server.Logs.AllText;
         }
 
-        var copy = File.ReadAllLines(stream);
-        var sequences = copy.Where(l => l.StartsWith("{\"event\":", StringComparison.Ordinal)).Select(Sequence).ToList();
-        Assert.Equal(Enumerable.Range(1, (int)Head(database)).Select(i => (long)i), sequences);
+        var copy = EveryEventOnceInOrder_Verified(stream, database, dataDir);
         Assert.DoesNotContain(copy, l => l.StartsWith("{\"stream_", StringComparison.Ordinal));
-        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
-        Assert.True(result.Valid, result.Problem);
 
         // Nothing was forwarded while the lock was held; the start said why, and the pass that read it back said so.
         Assert.DoesNotContain(EventPrefix(stopped + 1), whileHeld, StringComparison.Ordinal);
@@ -495,11 +491,7 @@ public sealed class AuditStreamPositionTests
             logs = server.Logs.AllText;
         }
 
-        var copy = File.ReadAllLines(stream);
-        var sequences = copy.Where(l => l.StartsWith("{\"event\":", StringComparison.Ordinal)).Select(Sequence).ToList();
-        Assert.Equal(Enumerable.Range(1, (int)Head(database)).Select(i => (long)i), sequences);
-        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
-        Assert.True(result.Valid, result.Problem);
+        EveryEventOnceInOrder_Verified(stream, database, dataDir);
 
         // No pass waited for the lock, nor counted it as a failure; once said while it lasted, and when it ended.
         Assert.DoesNotContain("stayed locked by another writer", logs, StringComparison.Ordinal);
@@ -874,6 +866,18 @@ public sealed class AuditStreamPositionTests
     {
         using var document = JsonDocument.Parse(line);
         return document.RootElement.GetProperty("event").GetProperty("seq").GetInt64();
+    }
+
+    // The stream file holds every event of the database's chain once, in order, and verifies with the
+    // audit key; its lines are returned.
+    private static string[] EveryEventOnceInOrder_Verified(string stream, string database, string dataDir)
+    {
+        var copy = File.ReadAllLines(stream);
+        var sequences = copy.Where(l => l.StartsWith("{\"event\":", StringComparison.Ordinal)).Select(Sequence).ToList();
+        Assert.Equal(Enumerable.Range(1, (int)Head(database)).Select(i => (long)i), sequences);
+        var result = AuditVerifier.Verify(new StringReader(string.Join('\n', copy) + "\n"), PublicKey(dataDir));
+        Assert.True(result.Valid, result.Problem);
+        return copy;
     }
 
     private static long Head(string database) =>
