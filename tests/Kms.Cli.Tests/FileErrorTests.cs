@@ -56,8 +56,7 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
     public async Task Encrypt_OutInADirectoryNotWritable_AsAProcessWithoutRootsOverride_Exits9_NamesThePathGiven()
     {
         await File.WriteAllTextAsync(Path.Combine(_directory, "plain.txt"), "hello\n");
-        var readOnly = Directory.CreateDirectory(Path.Combine(_directory, "ro")).FullName;
-        File.SetUnixFileMode(readOnly, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+        var readOnly = ReadOnlyDirectory();
         var key = await CreateKeyAsync();
 
         var result = await WithoutFileOverrideAsync("encrypt", "--key", key, "--in", "plain.txt", "--out", "ro/o.kmse");
@@ -474,12 +473,9 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
     public async Task CreateDomain_DataDirNotWritable_AsAProcessWithoutRootsOverride_Exits9_NamesTheDirectory()
     {
         await PathsAsync();
-        var readOnly = Directory.CreateDirectory(Path.Combine(_directory, "ro")).FullName;
-        File.SetUnixFileMode(readOnly, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+        var readOnly = ReadOnlyDirectory();
 
-        var result = await WithoutFileOverrideAsync(Fill([
-            "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2",
-            "--officer", "o={pem}", "--officer-threshold", "1", "--allow-network", "--shares-dir", "shares", "--data-dir", "ro"]));
+        var result = await WithoutFileOverrideAsync(Fill(CreateDomain(sharesDir: "shares", dataDir: "ro")));
 
         Assert.True(result.ExitCode == ExitCodes.LocalIo, result.ToString());
         // --allow-network's warning may come first.
@@ -498,12 +494,9 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
     public async Task CreateAndRotateDomain_SharesDirNotWritable_AsAProcessWithoutRootsOverride_Exits9_BeforeThePinOrTheDatabase()
     {
         await PathsAsync();
-        var readOnly = Directory.CreateDirectory(Path.Combine(_directory, "ro")).FullName;
-        File.SetUnixFileMode(readOnly, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+        var readOnly = ReadOnlyDirectory();
 
-        var create = await WithoutFileOverrideAsync(Fill([
-            "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2",
-            "--officer", "o={pem}", "--officer-threshold", "1", "--allow-network", "--shares-dir", "ro", "--data-dir", "data"]));
+        var create = await WithoutFileOverrideAsync(Fill(CreateDomain(sharesDir: "ro", dataDir: "data")));
         var rotate = await WithoutFileOverrideAsync(Fill([
             "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--share", "{pem}", "--allow-network",
             "--new-custodian", "a", "--new-custodian", "b", "--new-threshold", "2", "--new-shares-dir", "ro", "--data-dir", "{dir}"]));
@@ -530,6 +523,21 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
         await File.WriteAllTextAsync(Path.Combine(_directory, "audit.pem"), key.ExportSubjectPublicKeyInfoPem());
         return (dir, file, Path.Combine(_directory, "audit.pem"));
     }
+
+    // "ro" under the test's directory, which a process without root's override may read but not write.
+    private string ReadOnlyDirectory()
+    {
+        var readOnly = Directory.CreateDirectory(Path.Combine(_directory, "ro")).FullName;
+        File.SetUnixFileMode(readOnly, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+        return readOnly;
+    }
+
+    // create-domain's arguments up to its directories, which never gets as far as a token ("none").
+    private static string[] CreateDomain(string sharesDir, string dataDir) =>
+    [
+        "ceremony", "create-domain", "--token-label", "none", "--custodian", "a", "--custodian", "b", "--threshold", "2",
+        "--officer", "o={pem}", "--officer-threshold", "1", "--allow-network", "--shares-dir", sharesDir, "--data-dir", dataDir,
+    ];
 
     private string[] Fill(string[] args) => [.. args.Select(a => a
         .Replace("{dir}", Path.Combine(_directory, "adir"), StringComparison.Ordinal)
