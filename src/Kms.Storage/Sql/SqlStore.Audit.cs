@@ -415,17 +415,7 @@ public abstract partial class SqlStore
         return WriteAsync(
             async (connection, transaction) =>
             {
-                AuditCheckpoint? stored = null;
-                await using (var read = Command(connection, "SELECT seq, head, time, key, body, signature FROM audit_checkpoints WHERE seq = @seq", ("@seq", checkpoint.Sequence)))
-                {
-                    read.Transaction = transaction;
-                    await using var reader = await read.ExecuteReaderAsync(cancellationToken);
-                    if (await reader.ReadAsync(cancellationToken))
-                    {
-                        stored = ReadCheckpoint(reader);
-                    }
-                }
-
+                var stored = await ReadCheckpointAtAsync(connection, transaction, checkpoint.Sequence, cancellationToken);
                 if (stored is null)
                 {
                     await ExecuteInAsync(connection, transaction, "INSERT INTO audit_checkpoints (seq, head, time, key, body, signature) VALUES (@seq, @head, @time, @key, @body, @signature)", cancellationToken, values);
