@@ -1309,13 +1309,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task Checkpoint_ARowInsertedAheadAtItsSequence_ReplacedWithTheSignedCheckpoint_Reported()
     {
-        var store = new InMemoryStore();
-        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365) });
-        await log.InitializeAsync(default);
-        var refused = new List<(long Sequence, string What)>();
-        log.CheckpointRowRefused += (sequence, what) => refused.Add((sequence, what));
-        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}"))], default);
-        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        var (store, log, refused) = await CheckpointSignedAt40Async();
         await store.AddAuditCheckpointAsync(Row(50, new string('f', 64), log.Fingerprint, RandomNumberGenerator.GetBytes(64)), default);
         Assert.Equal(40, (await store.GetAuditHeadAsync(default)).Sequence); // the events' head, not the row's
 
@@ -1335,13 +1329,7 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task Checkpoint_OverAHeadThatIsAnUnsignedCheckpointRow_NoEventStored_Refused_Reported()
     {
-        var store = new InMemoryStore();
-        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365) });
-        await log.InitializeAsync(default);
-        var refused = new List<(long Sequence, string What)>();
-        log.CheckpointRowRefused += (sequence, what) => refused.Add((sequence, what));
-        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}"))], default);
-        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        var (store, log, refused) = await CheckpointSignedAt40Async();
         Assert.Equal(40, (await store.PruneAuditAsync(40, default)).Events); // the whole log (as an older release's retention left it)
         Assert.Null(await log.CheckpointAsync(default)); // the signed anchor: nothing new
 
@@ -1430,16 +1418,26 @@ public sealed class AuditLogTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task Checkpoint_OverAnEventsHead_NoReadBeyondTheHeadAndTheChainCheck()
     {
-        var store = new InMemoryStore();
-        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365) });
-        await log.InitializeAsync(default);
-        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}"))], default);
-        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        var (store, log, _) = await CheckpointSignedAt40Async();
         await store.AppendAuditAsync([.. Enumerable.Range(41, 10).Select(i => Entry($"e-{i}"))], default);
 
         var (listings, heads) = (store.AuditReadStatements, store.AuditHeadReads);
         Assert.Equal(50, (await log.CheckpointAsync(default))?.Sequence);
         Assert.Equal((1L, 1), (store.AuditReadStatements - listings, store.AuditHeadReads - heads));
+    }
+
+    // Events 1..40 and the checkpoint this node signed at 40 (no other checkpoint for a year), with
+    // the rows the log refuses (1331) collected.
+    private async Task<(InMemoryStore Store, AuditLog Log, List<(long Sequence, string What)> Refused)> CheckpointSignedAt40Async()
+    {
+        var store = new InMemoryStore();
+        var log = new AuditLog(store, store, _hsm, _time, new AuditOptions { CheckpointEveryEvents = 1000, CheckpointInterval = TimeSpan.FromDays(365) });
+        await log.InitializeAsync(default);
+        var refused = new List<(long Sequence, string What)>();
+        log.CheckpointRowRefused += (sequence, what) => refused.Add((sequence, what));
+        await store.AppendAuditAsync([.. Enumerable.Range(1, 40).Select(i => Entry($"e-{i}"))], default);
+        Assert.Equal(40, (await log.CheckpointAsync(default))?.Sequence);
+        return (store, log, refused);
     }
 
     // A log whose events 1..80 are past the retention period and 81..100 are not, checkpoints
