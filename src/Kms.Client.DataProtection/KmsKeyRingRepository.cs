@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Xml.Linq;
 using Microsoft.AspNetCore.DataProtection.Repositories;
 using Microsoft.Extensions.Logging;
@@ -9,7 +10,8 @@ namespace Kms.Client.DataProtection;
 /// inside a <c>&lt;key&gt;</c> element gets a <c>readUnder</c> child stating that key's id and
 /// dates (any the repository held is removed first), which <see cref="KmsXmlDecryptor"/> binds
 /// into the encryption context; a <c>&lt;key&gt;</c> whose secret is not KMS-encrypted
-/// (<see cref="KeySecretCheck"/>) is dropped, with a warning naming its id and why, unless
+/// (<see cref="KeySecretCheck"/>) is dropped, with a warning naming its id and why (once per key id
+/// for this repository: the key manager reads the ring at every refresh, and the key stays dropped), unless
 /// <see cref="KmsDataProtectionOptions.ReadUnencryptedKeys"/> is set. Writes pass through unchanged.
 /// </summary>
 /// <remarks>
@@ -23,6 +25,9 @@ namespace Kms.Client.DataProtection;
 /// </remarks>
 internal class KmsKeyRingRepository(IXmlRepository inner, KmsKeyRingProtection protection, ILogger logger) : IXmlRepository
 {
+    // The ids of the keys already warned about (3008). Grows only with what the repository holds.
+    private readonly ConcurrentDictionary<string, bool> _warnedDropped = new(StringComparer.Ordinal);
+
     public IXmlRepository Inner { get; } = inner;
 
     /// <summary>Wraps <paramref name="repository"/>, keeping it deletable when it is.</summary>
@@ -46,7 +51,12 @@ internal class KmsKeyRingRepository(IXmlRepository inner, KmsKeyRingProtection p
             return true;
         }
 
-        DataProtectionLog.UnencryptedKeyDropped(logger, KeySecretCheck.KeyIdOf(element), reason);
+        var keyId = KeySecretCheck.KeyIdOf(element);
+        if (_warnedDropped.TryAdd(keyId, true))
+        {
+            DataProtectionLog.UnencryptedKeyDropped(logger, keyId, reason);
+        }
+
         return false;
     }
 

@@ -698,6 +698,42 @@ public sealed class KmsKeyRingTests(DataProtectionServerFixture fixture) : IClas
         Assert.ThrowsAny<CryptographicException>(() => provider.GetRequiredService<IDataProtectionProvider>().CreateProtector("test").Unprotect(payload));
     }
 
+    // The key manager reads the ring at every refresh (and at each GetAllKeys): a dropped key is warned
+    // about once per key id, not at each read — it stays dropped each time. A key planted later gets its
+    // own warning. Before, 3008 was logged again at every read for the same key.
+    [Fact]
+    public async Task KeyPlantedUnencrypted_RingReadAgain_WarnedOncePerKeyId_DroppedEachTime()
+    {
+        var key = await CreateKeyAsync();
+        var directory = NewKeyDirectory();
+        Protect(directory, key, "app-a", "hello");
+        var planted = PlantKey(directory, encryptor: null);
+
+        var logs = new CapturedLogs();
+        using var provider = Provider(directory, key, "app-a", fixture.AppToken, services: s => s.AddLogging(b => b.AddProvider(logs)));
+        var keyManager = provider.GetRequiredService<IKeyManager>();
+        for (var read = 0; read < 3; read++)
+        {
+            Assert.DoesNotContain(keyManager.GetAllKeys(), k => k.KeyId == planted.KeyId);
+        }
+
+        Assert.Single(logs.Entries, e => e.EventId == 3008 && e.Text.Contains(planted.KeyId.ToString("D"), StringComparison.Ordinal));
+
+        var plantedFile = Assert.Single(Directory.GetFiles(directory, "key-*.xml"), f => f.Contains(planted.KeyId.ToString("D"), StringComparison.Ordinal));
+        var second = Guid.NewGuid();
+        var copy = XDocument.Load(plantedFile);
+        copy.Root!.SetAttributeValue("id", second.ToString("D"));
+        copy.Save(Path.Combine(directory, $"key-{second:D}.xml"));
+        for (var read = 0; read < 2; read++)
+        {
+            Assert.DoesNotContain(keyManager.GetAllKeys(), k => k.KeyId == second);
+        }
+
+        Assert.Single(logs.Entries, e => e.EventId == 3008 && e.Text.Contains(second.ToString("D"), StringComparison.Ordinal));
+        Assert.Single(logs.Entries, e => e.EventId == 3008 && e.Text.Contains(planted.KeyId.ToString("D"), StringComparison.Ordinal));
+        Assert.Equal(2, logs.Entries.Count(e => e.EventId == 3008));
+    }
+
     // The documented trade-off: with ReadUnencryptedKeys, a key in plain text is read as Data
     // Protection always read one — the planted key is the default key, and what its writer
     // protected unprotects. Nothing is logged about it.
