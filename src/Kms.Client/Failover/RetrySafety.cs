@@ -19,8 +19,8 @@ namespace Kms.Client.Failover;
 /// so a call is sent again after such a failure only if repeating it is harmless:
 /// <list type="bullet">
 /// <item>reads and cryptographic operations (a repeat changes no state);</item>
-/// <item>mutations that set a state and cannot give access back (disable, move a primary version or
-/// an alias, revoke, delete a binding or a principal): a repeat leaves the same state, and a repeated
+/// <item>mutations that set a state and cannot give access back (disable, revoke, delete a binding or
+/// a principal): a repeat leaves the same state, and a repeated
 /// revocation of a grant or an API token, removal of a role binding, or deletion of a principal, succeeds;</item>
 /// <item>an officer's approval: sent again with the same signature it counts once and is
 /// answered with the request as it is now (EXECUTED if it executed it);</item>
@@ -30,8 +30,8 @@ namespace Kms.Client.Failover;
 /// </list>
 /// Every other call — creations without a request id (a repeated CreateGrant would leave a
 /// second grant; a repeated CreateApiToken, a live token whose secret nobody has), Bootstrap,
-/// calls that can give access back (enable, bind a role, replace a policy, update a key: a late
-/// repeat could undo another admin's restriction made in between), and any method this table does not know — is sent again only when the first attempt
+/// calls that can give access back (enable, bind a role, replace a policy, update a key, move a
+/// primary version or an alias: a late repeat could undo another admin's restriction made in between), and any method this table does not know — is sent again only when the first attempt
 /// provably never left the client (the connection or its TLS handshake failed), or when the
 /// server said it did nothing: a node that is full sheds a call with UNAVAILABLE and a
 /// <c>kms-shed</c> trailer before any of it runs, and refuses a unary call RESOURCE_EXHAUSTED with
@@ -47,8 +47,8 @@ internal static class RetrySafety
     [
         .. Methods("kms.v1.KeyManagementService",
             "GetKey", "ListKeys", "Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
-            "GenerateRandom", "ListKeyVersions", "GetKeyVersion", "UpdatePrimaryVersion",
-            "DisableKey", "DisableKeyVersion", "GetAlias", "UpdateAlias",
+            "GenerateRandom", "ListKeyVersions", "GetKeyVersion",
+            "DisableKey", "DisableKeyVersion", "GetAlias",
             "ListAliases", "ReEncrypt", "BatchEncrypt", "BatchDecrypt", "BatchReEncrypt", "BatchGenerateDataKey", "BatchGenerateMac",
             "GetKeyPolicy", "ListGrants", "RevokeGrant", "TestPermissions",
             "Sign", "Verify", "GetPublicKey", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GetImportJob", "GetKeyAttestation"),
@@ -76,6 +76,10 @@ internal static class RetrySafety
         // that restriction, which it never saw. A repeat of a restriction (disable, revoke, delete)
         // errs the safe way and stays repeatable.
         .. Methods("kms.v1.KeyManagementService", "EnableKey", "EnableKeyVersion", "SetKeyPolicy", "UpdateKey"),
+        // Moving a primary version or an alias points new encryptions somewhere: a repeat landing
+        // after another admin moved it away again in an incident (off a version or key thought
+        // compromised) would point them back there, undoing that move, which it never saw.
+        .. Methods("kms.v1.KeyManagementService", "UpdatePrimaryVersion", "UpdateAlias"),
         // A cancel of a tenant's deletion whose answer was lost, sent again after another admin's
         // DeleteTenant of it, would make the tenant ACTIVE again: it would undo that later
         // deletion, which it never saw. (A repeated DeleteTenant after a cancel errs the safe way:

@@ -98,6 +98,7 @@ public sealed class RetrySafetyTests
         "/kms.v1.KeyManagementService/EnableKey", "/kms.v1.KeyManagementService/EnableKeyVersion",
         "/kms.v1.KeyManagementService/SetKeyPolicy", "/kms.v1.KeyManagementService/UpdateKey",
         "/kms.v1.AccessManagementService/SetRoleBinding",
+        "/kms.v1.KeyManagementService/UpdatePrimaryVersion", "/kms.v1.KeyManagementService/UpdateAlias",
     ];
 
     [Theory]
