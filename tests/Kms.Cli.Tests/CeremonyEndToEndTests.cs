@@ -298,12 +298,36 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.True(forged.ExitCode == 5, forged.ToString());
         Assert.Contains("but not the key the rotation chose", forged.Error, StringComparison.Ordinal);
 
-        // A first run that fails before its first blob (a share file in its way) takes its record
-        // back (and replaces the unstarted forged one first): a server could serve again.
+        // New share files in --new-shares-dir already (an earlier run's) are refused with the other
+        // paths, naming them, before the database, the approval or any PIN: left as they are.
         Directory.CreateDirectory(P("new-shares"));
         await File.WriteAllTextAsync(P("new-shares/share-1-alice.json"), "in the way");
         var blocked = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));
-        Assert.NotEqual(0, blocked.ExitCode);
+        Assert.True(blocked.ExitCode == 5, blocked.ToString());
+        Assert.Contains($"kms: --new-shares-dir {P("new-shares")} holds share files already (share-1-alice.json): share files are never overwritten", blocked.Error, StringComparison.Ordinal);
+        Assert.Equal("in the way", await File.ReadAllTextAsync(P("new-shares/share-1-alice.json")));
+        Directory.Delete(P("new-shares"), recursive: true);
+
+        // A first run that fails before its first blob — its new shares' filesystem fills up after
+        // the probe (a tmpfs filled but for one share file's page while the run waits for its PIN) —
+        // takes its record back (and replaces the unstarted forged one first), and deletes the new
+        // share file it wrote: a server could serve again, and no share of an unused key is kept.
+        // Before, the share file written stayed, and the line said nothing of what was left.
+        var newShares = Directory.CreateDirectory(P("new-shares")).FullName;
+        await FilesystemFaults.ToolAsync("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", newShares);
+        try
+        {
+            var full = await FilesystemFaults.WithPinOnAFifoAsync(_dir, P("user.pin"), Rotate("2", "--approval", P("rotation.approval.json")), () => FilesystemFaults.FillAsync(newShares, 1));
+            Assert.True(full.ExitCode == 9, full.ToString());
+            Assert.EndsWith($"\nkms: cannot write share file {newShares}/share-2-bob.json: no space left on the filesystem holding {newShares}; "
+                + $"nothing was moved (the database is still under domain key {oldKcv}) and the new share files written were deleted: run the command again\n", full.Error, StringComparison.Ordinal);
+            Assert.Equal(["filler"], Directory.GetFileSystemEntries(newShares).Select(Path.GetFileName));
+        }
+        finally
+        {
+            await FilesystemFaults.ToolAsync("umount", newShares);
+        }
+
         await using (var database = await global::Kms.Storage.Sqlite.SqliteStore.OpenAsync(new() { DatabasePath = P("data/kms.db") }, default))
         {
             Assert.Null(await database.GetDomainKeyRotationAsync(default));
@@ -350,7 +374,9 @@ public sealed class CeremonyEndToEndTests : IDisposable
         Assert.Contains("no domain-key rotation is in progress on this database", ontoOld.Error, StringComparison.Ordinal);
 
         // The same approval cannot rotate again: it names the domain key that was rotated away.
-        var reused = await Kms(outputs, Rotate("2", "--approval", P("rotation.approval.json")));
+        // (Into another --new-shares-dir: the rotation's own share files in new-shares are refused
+        // first, with the other paths.)
+        var reused = await Kms(outputs, [.. Rotate("2", "--approval", P("rotation.approval.json")).Select(a => a == P("new-shares") ? P("new-shares-again") : a)]);
         Assert.Equal(5, reused.ExitCode);
         Assert.Contains($"was given for the domain key with check value {oldKcv}", reused.Error, StringComparison.Ordinal);
         var newId = rotation["domain_id"]!.GetValue<string>();

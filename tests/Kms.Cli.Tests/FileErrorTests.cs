@@ -513,6 +513,42 @@ public sealed partial class FileErrorTests(CliServerFixture fixture) : IClassFix
         Assert.Empty(Directory.GetFileSystemEntries(readOnly));
     }
 
+    /// <summary>
+    /// A share directory holding share files already (an earlier run's): refused in one line
+    /// naming them (exit 5, as create-domain always refused them), before any PIN, the database or
+    /// the approval, and left as they are. Before, rotate-domain went on (here: "no database at …",
+    /// exit 9) and with a database found them only at the first new share written — after the
+    /// approval, the PINs and the passphrases, with the old key rebuilt and the rotation recorded;
+    /// create-domain refused them without naming them.
+    /// </summary>
+    [Fact]
+    public async Task CreateAndRotateDomain_SharesDirHoldsShareFiles_Exits5_NamingThem_BeforeThePinOrTheDatabase()
+    {
+        await PathsAsync();
+        var shares = Directory.CreateDirectory(Path.Combine(_directory, "earlier")).FullName;
+        await File.WriteAllTextAsync(Path.Combine(shares, "share-2-b.json"), "an earlier run's\n");
+        await File.WriteAllTextAsync(Path.Combine(shares, "share-1-a.json"), "an earlier run's\n");
+
+        var create = await CliRun.ProcessAsync(fixture.Variables, _directory, Fill(CreateDomain(sharesDir: "earlier", dataDir: "data")));
+        var rotate = await CliRun.ProcessAsync(fixture.Variables, _directory, Fill([
+            "ceremony", "rotate-domain", "--token-label", "none", "--restore-token-label", "r", "--share", "{pem}", "--allow-network",
+            "--new-custodian", "a", "--new-custodian", "b", "--new-threshold", "2", "--new-shares-dir", "earlier", "--data-dir", "{dir}"]));
+
+        Assert.True(create.ExitCode == ExitCodes.Conflict, create.ToString());
+        Assert.EndsWith($"\nkms: --shares-dir {shares} holds share files already (share-1-a.json, share-2-b.json): share files are never overwritten; move them away, or give another --shares-dir\n", "\n" + create.Error, StringComparison.Ordinal);
+        Assert.True(rotate.ExitCode == ExitCodes.Conflict, rotate.ToString());
+        Assert.EndsWith($"\nkms: --new-shares-dir {shares} holds share files already (share-1-a.json, share-2-b.json): share files are never overwritten; "
+            + "move them away or give another --new-shares-dir (an interrupted run's new share files resume it: --new-share, docs/ceremony.md)\n", "\n" + rotate.Error, StringComparison.Ordinal);
+        foreach (var result in new[] { create, rotate })
+        {
+            Assert.Equal("", result.Out);
+            Assert.DoesNotContain("PIN", result.Error, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(["share-1-a.json", "share-2-b.json"], Directory.GetFileSystemEntries(shares).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Empty(Directory.GetFileSystemEntries(Path.Combine(_directory, "adir")));
+    }
+
     // {dir} a directory, {file} a file, {pem} an audit public key's PEM; {secret}, {closed} and {ro} (made by the table's test), {missing} and {nodir} never made.
     private async Task<(string Dir, string File, string Pem)> PathsAsync()
     {

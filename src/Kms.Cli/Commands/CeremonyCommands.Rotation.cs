@@ -77,8 +77,13 @@ internal static partial class CeremonyCommands
             // written after the point of no return).
             if (parse.GetValue(newSharesDir) is { } writeSharesTo)
             {
-                // Not created yet: an approval refused leaves nothing behind.
-                LocalPath.CheckWritableDirectory(ctx.Environment, writeSharesTo, "--new-shares-dir");
+                // Not created yet: an approval refused leaves nothing behind. Share files there
+                // already (an earlier run's) are refused now too, as create-domain refuses them:
+                // before, they were found at the first new share written, after the approval, the
+                // PINs and the passphrases, with the old key rebuilt and the rotation recorded.
+                var sharesTo = LocalPath.CheckWritableDirectory(ctx.Environment, writeSharesTo, "--new-shares-dir");
+                RefuseShareFilesIn(sharesTo, "--new-shares-dir",
+                    "move them away or give another --new-shares-dir (an interrupted run's new share files resume it: --new-share, docs/ceremony.md)");
             }
 
             LocalPath.WritableDirectory(ctx.Environment, parse.GetRequiredValue(dataDir), "--data-dir");
@@ -272,6 +277,23 @@ internal static partial class CeremonyCommands
                     {
                         WriteShareFiles(ctx, shares, newId, kcv, m, names, newSecrets, host.Kdf, outDir, written, "new share");
                     }
+                    catch (Exception e)
+                    {
+                        // No blob depends on the new key yet: the share files this run wrote are of
+                        // a key nobody will use (its record is taken back below). Deleted, so that
+                        // none is kept as a share of the deployment, and the next run finds none.
+                        var kept = written.Select(w => w.File).Where(file => !TryDeleteFile(file)).ToList();
+                        if (e is CliFailureException { ExitCode: ExitCodes.LocalIo } io)
+                        {
+                            throw new CliFailureException(io.ExitCode,
+                                $"{io.Message}; nothing was moved (the database is still under domain key {pinned}) and "
+                                + (kept.Count == 0
+                                    ? "the new share files written were deleted: run the command again"
+                                    : $"the new share files {string.Join(", ", kept)} could not be deleted: delete them, then run the command again"), e);
+                        }
+
+                        throw;
+                    }
                     finally
                     {
                         foreach (var share in shares)
@@ -388,6 +410,20 @@ internal static partial class CeremonyCommands
         }
 
         return CryptographicOperations.FixedTimeEquals(Convert.FromHexString(recorded), RotationKeyMac(oldKey, newKey));
+    }
+
+    // Deletes a file this run wrote and is taking back; false if it is still there.
+    private static bool TryDeleteFile(string path)
+    {
+        try
+        {
+            File.Delete(path);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 
     private static async Task AbandonQuietlyAsync(Kms.Storage.SqlStore store, string newCheckValue)

@@ -178,10 +178,7 @@ internal static partial class CeremonyCommands
             LocalPath.CreateDirectory(ctx.Environment, Path.GetDirectoryName(genesisPath)!);
             LocalPath.WritableDirectory(ctx.Environment, deploymentDir, "--data-dir");
             var outDir = LocalPath.WritableDirectory(ctx.Environment, parse.GetRequiredValue(sharesDir), "--shares-dir");
-            if (Directory.EnumerateFiles(outDir, "share-*.json").Any())
-            {
-                throw new CliFailureException(ExitCodes.Conflict, $"{outDir} holds share files already; share files are never overwritten");
-            }
+            RefuseShareFilesIn(outDir, "--shares-dir", "move them away, or give another --shares-dir");
 
             // The token is checked before any custodian types a passphrase: the PIN, its
             // mechanisms, and its room for the key.
@@ -265,6 +262,7 @@ internal static partial class CeremonyCommands
 
             Recorded result;
             ctx.Step("record the ceremony", hsmOptions.TokenLabel);
+            var writing = $"the genesis file {genesisPath}";
             try
             {
                 // The genesis officer set: pinned by the server (Kms:Quorum:GenesisFile and its hash),
@@ -278,13 +276,27 @@ internal static partial class CeremonyCommands
 
                 result = await RecordAsync(ctx, parse.GetRequiredValue(dataDir), target, hsmOptions, pin, ceremonyId, "create-domain", transcript,
                     [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint)), .. genesis.Officers.Select(o => ($"officer/{o.Name}", o.Fingerprint)), ("officer-set/genesis", genesis.Hash)],
-                    $"domain/{id}/kcv/{kcv}", ct);
+                    $"domain/{id}/kcv/{kcv}", ct, writing: what => writing = what);
             }
-            catch
+            catch (Exception e)
             {
                 // Still all or nothing: the data directory held no deployment when this run began,
                 // so what it holds now is this run's. A PostgreSQL database keeps what was written.
-                UndoCreateDomain(ctx, hsmOptions, pin, id, [.. written.Select(w => w.File)], deploymentDir, filesBefore, target.IsPostgres);
+                var left = UndoCreateDomain(hsmOptions, pin, id, [.. written.Select(w => w.File)], deploymentDir, filesBefore, target.IsPostgres);
+
+                // A record the filesystem refused (full, read-only, not writable) is said in one
+                // line, as a share file's is — not in .NET's words, which name a temporary file —
+                // with what this run left behind, which the officers must know before they go on.
+                if (RecordWriteFailure(writing, deploymentDir, target, e) is { } failure)
+                {
+                    throw new CliFailureException(failure.ExitCode, $"{failure.Message}; {AfterUndo(id, hsmOptions.TokenLabel, left)}", e);
+                }
+
+                foreach (var note in left)
+                {
+                    ctx.Output.Note($"not taken back: {note}");
+                }
+
                 throw;
             }
 
@@ -631,6 +643,27 @@ internal static partial class CeremonyCommands
         return files;
     }
 
+    /// <summary>
+    /// Refuses a directory share files are to be written into that holds share files already
+    /// (<c>share-*.json</c>), naming them: share files are never overwritten, and one left by an
+    /// earlier run is found here, before any PIN, passphrase or HSM call, not at the first share
+    /// written. <paramref name="next"/> says what to do instead.
+    /// </summary>
+    private static void RefuseShareFilesIn(string directory, string flag, string next)
+    {
+        if (!Directory.Exists(directory))
+        {
+            return;
+        }
+
+        var found = Directory.EnumerateFileSystemEntries(directory, "share-*.json").Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+        if (found.Count > 0)
+        {
+            throw new CliFailureException(ExitCodes.Conflict,
+                $"{flag} {directory} holds share files already ({string.Join(", ", found)}): share files are never overwritten; {next}");
+        }
+    }
+
     // A token that lacks what the profile and the ceremony need is refused before anything is generated.
     private static TokenReport RequireUsable(TokenReport report) => report.Usable
         ? report
@@ -742,11 +775,15 @@ internal static partial class CeremonyCommands
 
     // Takes back a create-domain that failed after its key was imported and its shares written:
     // the key, the share files, and every file the run put in the data directory (the database,
-    // the genesis, the published audit key, a transcript). What cannot be taken back is said,
-    // not hidden behind the failure that is rethrown.
-    private static void UndoCreateDomain(CliContext ctx, HsmOptions hsmOptions, Secret pin, string id, IReadOnlyList<string> shareFiles, string deploymentDir, HashSet<string> before, bool postgres)
+    // the genesis, the published audit key, a transcript). What cannot be taken back is returned,
+    // each as what to do about it, to be said, not hidden behind the failure that is rethrown.
+    private static List<string> UndoCreateDomain(HsmOptions hsmOptions, Secret pin, string id, IReadOnlyList<string> shareFiles, string deploymentDir, HashSet<string> before, bool postgres)
     {
-        DestroyImportedKey(ctx, hsmOptions, pin, id);
+        List<string> left = [];
+        if (DestroyImportedKey(hsmOptions, pin, id) is { } kept)
+        {
+            left.Add(kept);
+        }
 
         string[] written = [.. shareFiles, .. FilesIn(deploymentDir).Where(f => !before.Contains(f))];
         foreach (var file in written)
@@ -757,35 +794,72 @@ internal static partial class CeremonyCommands
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                ctx.Output.Note($"{file} could not be deleted ({e.GetType().Name}): delete it before running again");
+                left.Add($"{file} could not be deleted ({e.GetType().Name}): delete it before running again");
             }
         }
 
         if (postgres)
         {
-            ctx.Output.Note("the deployment database may hold this run's records: empty it before running again");
+            left.Add("the deployment database may hold this run's records: empty it before running again");
         }
+
+        return left;
     }
 
-    // A domain key this run imported and cannot record is taken out of the token again.
-    private static void DestroyImportedKey(CliContext ctx, HsmOptions hsmOptions, Secret pin, string id)
+    // The state a create-domain taken back by UndoCreateDomain leaves, as the end of its failure's line.
+    private static string AfterUndo(string id, string tokenLabel, List<string> left) => left.Count == 0
+        ? $"the domain key {id} this run imported was destroyed again in token '{tokenLabel}', and the share files and every file this run wrote in --data-dir were deleted: nothing was kept, run the command again"
+        : $"this run was taken back except: {string.Join("; ", left)} — then run the command again";
+
+    /// <summary>
+    /// The one-line failure of a ceremony's record that the filesystem or the SQLite database
+    /// refused (<paramref name="writing"/>: what was being written in <paramref name="dataDir"/>):
+    /// permission denied, a read-only or a full filesystem, as <see cref="LocalPath.WriteFailure"/>
+    /// says them; null for any other failure, whose own message stands.
+    /// </summary>
+    private static CliFailureException? RecordWriteFailure(string writing, string dataDir, DeploymentDatabaseTarget database, Exception exception) => exception switch
+    {
+        IOException or UnauthorizedAccessException => LocalPath.WriteFailure($"the ceremony's record ({writing})", dataDir, exception),
+        // SQLITE_FULL (13): SQLite's own word for ENOSPC on the database, its journal or its WAL.
+        Microsoft.Data.Sqlite.SqliteException { SqliteErrorCode: SqliteFull } when !database.IsPostgres =>
+            new(ExitCodes.LocalIo, $"cannot write the ceremony's record ({writing}): no space left on the filesystem holding {dataDir}", exception),
+        _ => null,
+    };
+
+    private const int SqliteFull = 13;
+
+    // A domain key this run imported and cannot record is taken out of the token again; what to
+    // do when it cannot be, or null.
+    private static string? DestroyImportedKey(HsmOptions hsmOptions, Secret pin, string id)
     {
         try
         {
             using var session = HsmCeremonySession.Open(hsmOptions, pin.ToUtf8());
             session.DestroyDomainKey(hsmOptions.DomainKeyLabel, id);
+            return null;
         }
         catch (HsmConfigurationException e)
         {
-            ctx.Output.Note($"the domain key {id} could not be destroyed in token '{hsmOptions.TokenLabel}' ({e.GetType().Name}): destroy it before running again");
+            return $"the domain key {id} could not be destroyed in token '{hsmOptions.TokenLabel}' ({e.GetType().Name}): destroy it before running again";
+        }
+    }
+
+    // As above, for restore-domain, which says it on standard error.
+    private static void DestroyImportedKey(CliContext ctx, HsmOptions hsmOptions, Secret pin, string id)
+    {
+        if (DestroyImportedKey(hsmOptions, pin, id) is { } kept)
+        {
+            ctx.Output.Note(kept);
         }
     }
 
     /// <summary>Appends the steps to the deployment's audit chain, signs the transcript with the audit key, checkpoints.</summary>
     private static async Task<Recorded> RecordAsync(
         CliContext ctx, string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
-        IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null)
+        IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null, Action<string>? writing = null)
     {
+        // What is being written, for a failure's message (create-domain's).
+        writing?.Invoke($"the deployment database {database.Describe()} and the audit key in {Path.Combine(Path.GetFullPath(dataDir), "audit")}");
         await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.ToUtf8(), ctx.Output.Note, ct, ctx.Log);
         await record.AppendAsync(ceremonyId, operation, domainResource, ct);
         foreach (var resource in approval?.AuditResources() ?? [])
@@ -801,10 +875,12 @@ internal static partial class CeremonyCommands
         transcript.Add("deployment database", database.Describe());
         transcript.Add("audit signing key", record.AuditKeyFingerprint);
         var content = transcript.ToBytes();
-        var directory = DurableFile.CreateDirectory(Path.Combine(Path.GetFullPath(dataDir), "ceremonies"));
-        var path = Path.Combine(directory, $"{DateTime.UtcNow:yyyyMMddTHHmmssZ}-{operation}-{ceremonyId[..8]}.txt");
+        var path = Path.Combine(Path.GetFullPath(dataDir), "ceremonies", $"{DateTime.UtcNow:yyyyMMddTHHmmssZ}-{operation}-{ceremonyId[..8]}.txt");
+        writing?.Invoke($"the transcript {path}");
+        DurableFile.CreateDirectory(Path.GetDirectoryName(path)!);
         var signature = await record.SignAsync(Transcript.Kind, content, ct);
         await Transcript.WriteAsync(path, content, record.AuditKeyFingerprint, signature, ct);
+        writing?.Invoke($"the deployment database {database.Describe()} and the audit checkpoints in {Path.Combine(Path.GetFullPath(dataDir), "audit")}");
         await record.AppendAsync(ceremonyId, operation + "/transcript", "transcript/sha256:" + Convert.ToHexStringLower(SHA256.HashData(content)), ct);
         await record.CheckpointAsync(ct);
         ctx.Output.Note($"transcript signed by audit key {record.AuditKeyFingerprint}: {path}");
