@@ -500,6 +500,113 @@ public sealed class AuditStreamPositionTests
         Assert.Single(server.Logs.Events, l => l.Contains("Id: 1343,", StringComparison.Ordinal));
     }
 
+    // This node's own checkpoints.jsonl, whose append lock another writer (a kms command on the
+    // data directory, a process's fcntl lock; here a second open file description of the test's)
+    // holds while the node runs. Before, each checkpoint's append waited 10 s for the lock, then
+    // failed: the pass (its retention, the SIEM stream's next page) was held that long, 1304 was
+    // logged, and the checkpoint, signed and stored in the database, never reached the file. Now it
+    // waits in memory while the pass goes on — the SIEM stream takes the events committed meanwhile,
+    // and checkpoints over them are signed — and once released every checkpoint the node signed is
+    // in the file, once each, in order (1348 once, 1349 once).
+    [Fact]
+    public async Task CheckpointsFile_LockedByAnotherWriterWhileTheNodeRuns_ThePassGoesOn_EveryCheckpointReachesItOnceInOrderAfter()
+    {
+        var dataDir = Scratch.NewPath("kms-server-");
+        var stream = Scratch.NewPath("kms-siem-", ".jsonl");
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", $"--Kms:Audit:StreamPath={stream}", "--Kms:Audit:CheckpointInterval=00:00:01");
+        var database = Path.Combine(dataDir, "kms.db");
+        string logs;
+        try
+        {
+            using var developer = server.CreateClient();
+            await developer.CreateKeyAsync("tenants/dev", "before-the-lock");
+            await WaitForCheckpointAsync(checkpoints, Head(database), TimeSpan.FromSeconds(60), () => server.Logs.AllText);
+
+            using (var holder = new FileStream(checkpoints, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+            {
+                DurableFile.EndWithWholeLine(holder); // the appenders' lock, held until it is closed
+                var before = File.ReadAllText(checkpoints);
+                for (var i = 0; i < 3; i++)
+                {
+                    // The pass goes on: the stream takes the new events, and a checkpoint over them is signed.
+                    await developer.CreateKeyAsync("tenants/dev", $"while-the-file-is-locked-{i}");
+                    var head = Head(database);
+                    await WaitForStreamAsync(stream, head);
+                    await WaitForCheckpointRowAsync(database, head, () => server.Logs.AllText);
+                }
+
+                Assert.Equal(before, File.ReadAllText(checkpoints)); // nothing appended past the lock
+            }
+
+            await developer.CreateKeyAsync("tenants/dev", "after-the-lock-was-released");
+            await WaitForCheckpointAsync(checkpoints, Head(database), TimeSpan.FromSeconds(60), () => server.Logs.AllText);
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            logs = server.Logs.AllText;
+        }
+
+        // Every checkpoint the node signed (the database's rows: no retention here), once each, in order.
+        var rows = RawSqlite.Scalar(database, "SELECT group_concat(seq, ',') FROM (SELECT seq FROM audit_checkpoints ORDER BY seq)");
+        var inFile = File.ReadLines(checkpoints).Select(AuditExport.ParseCheckpoint).Select(c => c!.Sequence);
+        Assert.Equal(rows, string.Join(',', inFile));
+        Assert.True(rows.Split(',').Length >= 5, rows); // one before, three while locked, one after
+
+        Assert.DoesNotContain("stayed locked by another writer", logs, StringComparison.Ordinal);
+        Assert.DoesNotContain("Id: 1304", logs, StringComparison.Ordinal);
+        Assert.Single(server.Logs.Events, l => l.Contains("Id: 1348,", StringComparison.Ordinal));
+        Assert.Single(server.Logs.Events, l => l.Contains("Id: 1349,", StringComparison.Ordinal));
+        Assert.DoesNotContain("Id: 1350", logs, StringComparison.Ordinal);
+    }
+
+    // The lock still held at the stop: the stop waits a little for it (StopCheckpointsWait), then
+    // says which signed checkpoints are not in the file (1350) and goes on; head.json, written after
+    // it, records a head at or after each of them (no SIEM stream behind it here), which the next
+    // start checks the chain against.
+    [Fact]
+    public async Task CheckpointsFile_LockedByAnotherWriterAcrossTheStop_ThePendingCheckpointsAreNamed_HeadJsonCoversThem()
+    {
+        var dataDir = Scratch.NewPath("kms-server-");
+        var checkpoints = Path.Combine(dataDir, "audit", "checkpoints.jsonl");
+        var server = await KmsTestServer.StartAsync(null, dataDir, "dev", "--Kms:Audit:CheckpointInterval=00:00:01");
+        var database = Path.Combine(dataDir, "kms.db");
+        using var developer = server.CreateClient();
+        await developer.CreateKeyAsync("tenants/dev", "before-the-lock");
+        await WaitForCheckpointAsync(checkpoints, Head(database), TimeSpan.FromSeconds(60), () => server.Logs.AllText);
+        string before;
+        using (var holder = new FileStream(checkpoints, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+        {
+            DurableFile.EndWithWholeLine(holder);
+            before = File.ReadAllText(checkpoints);
+            await developer.CreateKeyAsync("tenants/dev", "while-the-file-is-locked");
+            await WaitForCheckpointRowAsync(database, Head(database), () => server.Logs.AllText);
+            await server.DisposeAsync();
+        }
+
+        var logs = server.Logs.AllText;
+        Assert.Equal(before, File.ReadAllText(checkpoints));
+        var newestRow = long.Parse(RawSqlite.Scalar(database, "SELECT max(seq) FROM audit_checkpoints"), CultureInfo.InvariantCulture);
+        var newestInFile = File.ReadLines(checkpoints).Select(AuditExport.ParseCheckpoint).Max(c => c!.Sequence);
+        Assert.True(newestRow > newestInFile, $"{newestRow} {newestInFile}");
+        Assert.Single(server.Logs.Events, l => l.Contains("Id: 1350,", StringComparison.Ordinal) && l.Contains($"through {newestRow}, are not in its checkpoint file", StringComparison.Ordinal));
+        Assert.DoesNotContain("Id: 1349", logs, StringComparison.Ordinal);
+        using var seen = JsonDocument.Parse(File.ReadAllText(Path.Combine(dataDir, "audit", Kms.Core.Services.SeenHead.FileName)));
+        Assert.True(seen.RootElement.GetProperty("seq").GetInt64() >= newestRow, seen.RootElement.ToString());
+    }
+
+    // Waits until the database holds a checkpoint row at or after event sequence.
+    private static async Task WaitForCheckpointRowAsync(string database, long sequence, Func<string> logs)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (long.Parse(RawSqlite.Scalar(database, "SELECT coalesce(max(seq), 0) FROM audit_checkpoints"), CultureInfo.InvariantCulture) < sequence)
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"no checkpoint at or after event {sequence} was stored within 60 s; the server's logs:\n{logs()}");
+            await Task.Delay(100);
+        }
+    }
+
     // Waits until the stream file holds event sequence; names what it holds if it does not within 60 s.
     private static async Task WaitForStreamAsync(string stream, long sequence)
     {

@@ -122,18 +122,20 @@ public static class DurableFile
     /// <summary>
     /// <see cref="Append(string, ReadOnlySpan{byte}, UnixFileMode)"/>, waiting <paramref name="lockWait"/>
     /// for another writer's lock: a test's shorter wait, or <see cref="TimeSpan.Zero"/> for a writer
-    /// that must not wait (the server's SIEM stream, appended to from its housekeeping pass: it tries
-    /// again at the next pass).
+    /// that must not wait (the server's SIEM stream and its own checkpoints.jsonl, appended to from
+    /// its housekeeping pass: it tries again at the next pass).
     /// </summary>
     /// <param name="path">The log.</param>
     /// <param name="content">Whole lines, the last ending with a line feed.</param>
     /// <param name="mode">The permissions a new file is created with.</param>
     /// <param name="lockWait">How long another writer's lock is waited for; zero: tried once.</param>
+    /// <param name="cancellationToken">Ends the wait for the lock (the server's stop); nothing is cut or written then.</param>
     /// <returns>The number of bytes of a torn last line that were cut off.</returns>
     /// <exception cref="ArgumentException"><paramref name="content"/> does not end with a line feed.</exception>
     /// <exception cref="FileLockedException">Another writer held the lock for longer than <paramref name="lockWait"/>: nothing was cut or written.</exception>
     /// <exception cref="IOException">The file cannot be written, or its directory cannot be synced.</exception>
-    public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode, TimeSpan lockWait)
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled while the lock was waited for.</exception>
+    public static long Append(string path, ReadOnlySpan<byte> content, UnixFileMode mode, TimeSpan lockWait, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (content.IsEmpty || content[^1] != (byte)'\n')
@@ -151,7 +153,7 @@ public static class DurableFile
         long cut;
         using (var file = new FileStream(full, options))
         {
-            cut = EndWithWholeLine(file, lockWait);
+            cut = EndWithWholeLine(file, lockWait, cancellationToken);
             var before = file.CanSeek ? file.Seek(0, SeekOrigin.End) : 0;
             try
             {

@@ -68,6 +68,23 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         var failures = _failures = new HousekeepingFailureLog(logger, time);
         Observability.KmsMetrics.Track(audit, failures);
         audit.HousekeepingFailed += e => failures.Failed(e, audit.CheckpointRefusedSince is not null);
+
+        // This node's own record of the checkpoints it signed: those another writer's lock kept out
+        // of it are appended at the end of each pass (before the pass's failures are closed, so that
+        // a failure of that append counts in it).
+        var checkpoints = _checkpointsPath = Path.Combine(directory, "checkpoints.jsonl");
+        var pending = _pendingCheckpoints = new PendingCheckpoints((lines, lockWait, token) => Append(checkpoints, lines, lockWait, token));
+        audit.HousekeepingPassEnded += () =>
+        {
+            try
+            {
+                AppendPendingCheckpoints(() => pending.Retry(TimeSpan.Zero, CancellationToken.None));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                failures.Failed(e, checkpointRefused: false);
+            }
+        };
         audit.HousekeepingPassEnded += () => failures.PassEnded(audit.CheckpointRefusedSince is not null);
         // Once a row a run each: a retention pass meets the same rows every pass (1332), an
         // append or checkpoint the same head (1331), until someone deletes them.
@@ -107,7 +124,6 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
         // This node's own record of the checkpoints it signed, outside the database: a chain
         // rewritten there while the server was stopped is not signed now either.
-        var checkpoints = Path.Combine(directory, "checkpoints.jsonl");
         var own = await audit.RequireOwnRecordAsync(checkpoints, cancellationToken);
         if (own.Skipped > 0)
         {
@@ -146,7 +162,12 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         {
             var line = AuditExport.Checkpoint(checkpoint);
             LogCheckpoint(logger, checkpoint.Sequence, checkpoint.HeadHash, line);
-            Append(checkpoints, line);
+
+            // Another writer's lock is not waited for (it held the pass, the retention cut or the
+            // call that signed it 10 s, then the checkpoint never reached the file): the checkpoint
+            // waits in memory and goes with the next append (1348, 1349). Any other failure throws,
+            // as before, the checkpoint pending all the same.
+            AppendPendingCheckpoints(() => pending.Add(checkpoint.Sequence, line));
         };
 
         if (options.StreamPath is { Length: > 0 } stream)
@@ -242,6 +263,28 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     }
 
     private HousekeepingFailureLog? _failures;
+
+    // This node's checkpoints.jsonl, and the checkpoints it signed that are not in it yet (another
+    // writer's lock kept them out, or a failed append).
+    private string _checkpointsPath = "";
+    private PendingCheckpoints? _pendingCheckpoints;
+
+    // An append of pending checkpoints to checkpoints.jsonl: another writer's lock begins an episode
+    // (1348), an append that gets through ends it (1349). A failure of another kind is thrown.
+    private void AppendPendingCheckpoints(Func<PendingCheckpoints.Appended> append)
+    {
+        try
+        {
+            if (append() is { Count: > 0 } appended)
+            {
+                _failures?.CheckpointsFileWritten(_checkpointsPath, appended);
+            }
+        }
+        catch (FileLockedException)
+        {
+            _failures?.CheckpointsFileLocked(_checkpointsPath, _pendingCheckpoints?.Sequences is [var first, ..] ? first : 0);
+        }
+    }
 
     // Where a SIEM stream's position record is kept, and how far the stream was sent (null: the
     // stream is read back from its file, or there is none).
@@ -626,6 +669,30 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
             LogFinalCheckpointFailed(logger, e.GetType().Name);
         }
 
+        // Checkpoints another writer's lock kept out of checkpoints.jsonl (or a failed append): one
+        // more try, waiting a little for the lock (an appender holds it for one write and one fsync).
+        // What is still pending then is said (1350), not kept: the next run does not append it. The
+        // next start checks the chain against the newest checkpoint the file holds, and against the
+        // head record written below, at the head this node leaves (at or after each of them, unless
+        // a SIEM stream is behind the head: then at the last event it was sent).
+        if (_pendingCheckpoints is { } pending)
+        {
+            var reason = nameof(FileLockedException);
+            try
+            {
+                AppendPendingCheckpoints(() => pending.Retry(StopCheckpointsWait, cancellationToken));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or OperationCanceledException)
+            {
+                reason = e.GetType().Name;
+            }
+
+            if (pending.Sequences is [var first, ..] left)
+            {
+                LogCheckpointsPendingAtStop(logger, left.Count, first, left[^1], _checkpointsPath, reason);
+            }
+        }
+
         // The SIEM stream's position at the stop, after its last forwarding: clean, so the next
         // start goes on after it with nothing sent twice.
         try
@@ -687,6 +754,14 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
         LogStreamReadBackTaken(logger, stream, waited, after);
         return true;
     }
+
+    /// <summary>
+    /// How long the stop waits for another writer's lock on <c>checkpoints.jsonl</c> to append the
+    /// checkpoints it kept out (<see cref="PendingCheckpoints"/>): an appender holds it for one write
+    /// and one fsync; a holder that keeps it longer is not waited out (the stop's other steps need
+    /// the time), and what is left is said (1350).
+    /// </summary>
+    internal static readonly TimeSpan StopCheckpointsWait = TimeSpan.FromSeconds(2);
 
     /// <summary>How long the final housekeeping pass at stop forwards the SIEM stream at most: half the time the host gives the steps after the drain.</summary>
     internal static readonly TimeSpan FinalForwardTime = BoundedDrainServer.FinalStepsTime / 2;
@@ -866,16 +941,16 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     /// an append that fails part-way is taken back, so the page forwarded again at the next pass
     /// does not follow a broken line.
     /// </summary>
-    internal void Append(string path, string lines) => Append(path, lines, lockWait: null);
+    internal void Append(string path, string lines) => Append(path, lines, lockWait: null, CancellationToken.None);
 
     // Append, waiting lockWait for another writer's lock on the file (zero: tried once; null: DurableFile's 10 s).
-    private void Append(string path, string lines, TimeSpan? lockWait)
+    private void Append(string path, string lines, TimeSpan? lockWait, CancellationToken cancellationToken)
     {
         lock (_fileLock)
         {
             var content = Encoding.UTF8.GetBytes(lines + "\n");
             var cut = lockWait is { } wait
-                ? DurableFile.Append(path, content, DurableFile.OwnerOnly, wait)
+                ? DurableFile.Append(path, content, DurableFile.OwnerOnly, wait, cancellationToken)
                 : DurableFile.Append(path, content, DurableFile.OwnerOnly);
             if (cut > 0)
             {
@@ -894,7 +969,7 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
     {
         try
         {
-            Append(stream, text, TimeSpan.Zero);
+            Append(stream, text, TimeSpan.Zero, CancellationToken.None);
         }
         catch (FileLockedException e)
         {
@@ -969,6 +1044,10 @@ internal sealed partial class AuditWorker(AuditLog audit, AuditHostOptions optio
 
     [LoggerMessage(EventId = 1303, Level = LogLevel.Warning, Message = "the final audit checkpoint could not be written ({Reason})")]
     private static partial void LogFinalCheckpointFailed(ILogger logger, string reason);
+
+    // The exception's type only, as 1303.
+    [LoggerMessage(EventId = 1350, Level = LogLevel.Warning, Message = "{Count} audit checkpoints this node signed, {First} through {Last}, are not in its checkpoint file {Path} at stop ({Reason}: another writer held its lock past the stop's wait, or the append failed); they are in the database and were logged (1302), and no later run appends them. The next start checks the chain against the newest checkpoint the file holds and against the head this stop records in head.json (at or after them, unless a SIEM stream is behind the head: then the last event it was sent); a rollback behind them but not behind those is not refused at start, and only the 1302 lines, kept off the host, show it")]
+    private static partial void LogCheckpointsPendingAtStop(ILogger logger, int count, long first, long last, string path, string reason);
 
     // The exception's type only, as 1303: its message may name a path.
     [LoggerMessage(EventId = 1325, Level = LogLevel.Warning, Message = "the audit's stop step {Step} failed ({Reason}); the steps after it still run")]

@@ -31,15 +31,56 @@ internal sealed partial class HousekeepingFailureLog(ILogger logger, TimeProvide
     // append got through): since when, and how many appends it held off. Null: none going on.
     private (DateTimeOffset Since, long Skipped)? _streamLocked;
 
-    /// <summary>Kinds of failure going on right now (the refusal included, and a SIEM stream file another writer holds locked).</summary>
+    // The node's checkpoints.jsonl's episode of another writer's lock (1348 when it began, 1349 when
+    // the pending checkpoints were appended): since when. Null: none going on.
+    private DateTimeOffset? _checkpointsLocked;
+
+    /// <summary>Kinds of failure going on right now (the refusal included, and a SIEM stream file or this node's checkpoints.jsonl another writer holds locked).</summary>
     public int FailingKinds
     {
         get
         {
             lock (_lock)
             {
-                return _failing.Count + (_streamLocked is null ? 0 : 1);
+                return _failing.Count + (_streamLocked is null ? 0 : 1) + (_checkpointsLocked is null ? 0 : 1);
             }
+        }
+    }
+
+    /// <summary>
+    /// This node's checkpoints.jsonl is locked by another writer: a signed checkpoint (the first of
+    /// those pending: <paramref name="sequence"/>) was not appended and waits in memory
+    /// (<see cref="PendingCheckpoints"/>). Logged once when such an episode begins (1348); it ends
+    /// when the pending checkpoints are appended (<see cref="CheckpointsFileWritten"/>, 1349). Not a
+    /// failure of the kinds above (no 1304 and reminders): each pass tries again.
+    /// </summary>
+    public void CheckpointsFileLocked(string path, long sequence)
+    {
+        lock (_lock)
+        {
+            if (_checkpointsLocked is not null)
+            {
+                return;
+            }
+
+            _checkpointsLocked = time.GetUtcNow();
+            LogCheckpointsFileLocked(logger, path, sequence);
+        }
+    }
+
+    /// <summary>Checkpoints were appended to this node's checkpoints.jsonl: a lock episode going on (1348) ends (1349), naming them.</summary>
+    internal void CheckpointsFileWritten(string path, PendingCheckpoints.Appended appended)
+    {
+        lock (_lock)
+        {
+            if (_checkpointsLocked is not { } since)
+            {
+                return;
+            }
+
+            _checkpointsLocked = null;
+            var seconds = (long)(time.GetUtcNow() - since).TotalSeconds;
+            LogCheckpointsFileUnlocked(logger, path, seconds, appended.Count, appended.First, appended.Last, appended.Dropped);
         }
     }
 
@@ -168,6 +209,12 @@ internal sealed partial class HousekeepingFailureLog(ILogger logger, TimeProvide
 
     [LoggerMessage(EventId = 1343, Level = LogLevel.Information, Message = "the SIEM stream file {Stream} was appended to again, {Seconds} s after another writer's lock first held an append off (1342); {Skipped} appends were not made meanwhile, and the events they held follow, none skipped")]
     private static partial void LogStreamFileUnlocked(ILogger logger, string stream, long seconds, long skipped);
+
+    [LoggerMessage(EventId = 1348, Level = LogLevel.Warning, Message = "this node's checkpoint file {Path} is locked by another writer (a kms command on the data directory, or another process's fcntl lock): audit checkpoint {Sequence}, signed and stored in the database, is not appended to it yet; it and the checkpoints signed after it wait in memory and are appended, in order, once the lock is free (tried at every housekeeping pass, without waiting: the pass goes on). Logged once, and once when they are appended (1349)")]
+    private static partial void LogCheckpointsFileLocked(ILogger logger, string path, long sequence);
+
+    [LoggerMessage(EventId = 1349, Level = LogLevel.Information, Message = "this node's checkpoint file {Path} was appended to again, {Seconds} s after another writer's lock first held a checkpoint off (1348): the {Count} checkpoints signed meanwhile, {First} through {Last}, in order ({Dropped} older ones dropped past the pending limit)")]
+    private static partial void LogCheckpointsFileUnlocked(ILogger logger, string path, long seconds, int count, long first, long last, long dropped);
 
     [LoggerMessage(EventId = 1313, Level = LogLevel.Information, Message = "audit housekeeping recovered: {Kind} ended after {Seconds} s and {Failures} failures")]
     private static partial void LogRecovered(ILogger logger, string kind, long seconds, long failures);
