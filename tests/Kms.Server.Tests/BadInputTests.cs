@@ -700,20 +700,52 @@ public sealed class BadInputTests(ServerFixture fixture) : IClassFixture<ServerF
         AssertInvalidArgument(e, "ciphertext");
     }
 
-    [Fact]
-    public async Task ScheduleKeyDeletion_WaitingPeriodOfTheLongestDuration_InvalidArgumentSayingTooLong_KeyStaysEnabled()
+    [Theory]
+    [InlineData("ScheduleKeyDeletion", "waiting_period", 40)]
+    [InlineData("ScheduleKeyVersionDestruction", "waiting_period", 40)]
+    [InlineData("CreateKey", "key.rotation_period", 36_550)]
+    [InlineData("UpdateKey", "key.rotation_period", 36_550)]
+    [InlineData("CreateApiToken", "lifetime", 1)]
+    [InlineData("DeleteTenant", "waiting_period", 40)]
+    [InlineData("CreateQuorumRequest", "ttl", 8)]
+    public async Task DurationFields_TenThousandYears_RefusedWithTheFieldsOwnRange_NothingChanged(string call, string field, int tooManyDays)
     {
-        // It said "must be a positive duration" of 10,000 years.
-        var e = await Assert.ThrowsAsync<RpcException>(async () => await Stub.ScheduleKeyDeletionAsync(new ScheduleKeyDeletionRequest
+        // The longest Duration (10,000 years) was refused "must be at most 36600 days" — no field's
+        // limit (a waiting period's is 30 days), so a caller who took the message at its word was
+        // refused again. Before that it said "must be a positive duration". It gets what a
+        // duration just past the field's own range gets: that range.
+        var longest = new Google.Protobuf.WellKnownTypes.Duration { Seconds = Google.Protobuf.WellKnownTypes.Duration.MaxSeconds, Nanos = 999_999_999 };
+        var pastRange = Google.Protobuf.WellKnownTypes.Duration.FromTimeSpan(TimeSpan.FromDays(tooManyDays));
+        using var admin = fixture.Server.CreateClient(await fixture.Server.CreatePrincipalWithTokenAsync(ServerFixture.NewKeyId("dadmin"), null, "deployment-admin"));
+        using var officer = await OfficerAsync();
+        var keyId = ServerFixture.NewKeyId("dur");
+        Task Send(Google.Protobuf.WellKnownTypes.Duration duration) => call switch
         {
-            Name = _key.Name,
-            WaitingPeriod = new Google.Protobuf.WellKnownTypes.Duration { Seconds = Google.Protobuf.WellKnownTypes.Duration.MaxSeconds },
-        }));
+            "ScheduleKeyDeletion" => Stub.ScheduleKeyDeletionAsync(new ScheduleKeyDeletionRequest { Name = _key.Name, WaitingPeriod = duration }).ResponseAsync,
+            "ScheduleKeyVersionDestruction" => Stub.ScheduleKeyVersionDestructionAsync(new ScheduleKeyVersionDestructionRequest { Name = $"{_key.Name}/versions/1", WaitingPeriod = duration }).ResponseAsync,
+            "CreateKey" => Stub.CreateKeyAsync(new CreateKeyRequest { Parent = "tenants/dev", KeyId = keyId, Key = new Key { Purpose = KeyPurpose.EncryptDecrypt, RotationPeriod = duration } }).ResponseAsync,
+            "UpdateKey" => Stub.UpdateKeyAsync(new UpdateKeyRequest { Key = new Key { Name = _key.Name, RotationPeriod = duration }, UpdateMask = new Google.Protobuf.WellKnownTypes.FieldMask { Paths = { "rotation_period" } } }).ResponseAsync,
+            "CreateApiToken" => admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = "token:developer", Kind = "SESSION", Lifetime = duration }).ResponseAsync,
+            "DeleteTenant" => admin.Access.DeleteTenantAsync(new DeleteTenantRequest { Name = "tenants/dev", WaitingPeriod = duration }).ResponseAsync,
+            _ => officer.Quorum.CreateQuorumRequestAsync(new CreateQuorumRequestRequest
+            {
+                Parent = "tenants/dev",
+                Operation = QuorumOperation.DestroyKeyVersionNow,
+                Ttl = duration,
+                DestroyKeyVersionNow = new DestroyKeyVersionNowParameters { Name = $"{_otherKey.Name}/versions/1" },
+            }).ResponseAsync,
+        };
 
-        AssertInvalidArgument(e, "waiting_period");
-        Assert.Contains("at most", e.Status.Detail, StringComparison.Ordinal);
-        Assert.DoesNotContain("positive", e.Status.Detail, StringComparison.Ordinal);
-        Assert.Equal(KeyState.Enabled, (await Stub.GetKeyAsync(new GetKeyRequest { Name = _key.Name })).Key.State);
+        var atLongest = await Assert.ThrowsAsync<RpcException>(() => Send(longest));
+        var pastItsRange = await Assert.ThrowsAsync<RpcException>(() => Send(pastRange));
+
+        AssertInvalidArgument(pastItsRange, field);
+        AssertInvalidArgument(atLongest, field);
+        Assert.Equal(pastItsRange.Status.Detail, atLongest.Status.Detail);
+        var key = (await Stub.GetKeyAsync(new GetKeyRequest { Name = _key.Name })).Key;
+        Assert.Equal((KeyState.Enabled, KeyState.Enabled, null), (key.State, key.Primary.State, key.RotationPeriod));
+        Assert.Equal(StatusCode.NotFound, (await Assert.ThrowsAsync<RpcException>(async () => await Stub.GetKeyAsync(new GetKeyRequest { Name = $"tenants/dev/keys/{keyId}" }))).StatusCode);
+        Assert.Null((await admin.Access.GetTenantAsync(new GetTenantRequest { Name = "tenants/dev" })).Tenant.DeleteTime);
     }
 
     [Fact]

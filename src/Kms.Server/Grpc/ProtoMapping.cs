@@ -12,7 +12,11 @@ namespace Kms.Server.Grpc;
 /// <summary>Core ⇄ proto, both ways. Nothing else.</summary>
 internal static class ProtoMapping
 {
-    // No duration field means more than a century; longer ones would overflow the times computed from them.
+    // No duration field means more than a century; longer ones would overflow the times computed
+    // from them. Such a duration is passed on as this ceiling: every field's own range ends far
+    // below it (waiting periods and rotation periods at most a century by SettingRanges, token
+    // lifetimes and quorum TTLs hours or days), so the field's own check refuses it, naming the
+    // range the caller must keep to (BadInputTests.DurationFields_TenThousandYears_RefusedWithTheFieldsOwnRange).
     private const int MaxDurationDays = 100 * 366;
 
     public static Proto.Key ToProto(Key key)
@@ -109,7 +113,10 @@ internal static class ProtoMapping
     public static EncryptionContext Context(MapField<string, string> context, string field = "encryption_context") =>
         context.Count == 0 ? EncryptionContext.Empty : EncryptionContext.Create(context, field);
 
-    /// <summary>A duration field: null when unset; negative or out-of-range values are the caller's error.</summary>
+    /// <summary>
+    /// A duration field: null when unset; negative or unnormalized values are the caller's error,
+    /// and one longer than a century is the century ceiling, for the field's own range to refuse.
+    /// </summary>
     public static TimeSpan? FromProto(Duration? duration, string field)
     {
         if (duration is null)
@@ -122,9 +129,10 @@ internal static class ProtoMapping
             throw KmsErrors.InvalidArgument(field, "must be a positive duration");
         }
 
+        // Not refused here: "at most 36600 days" was no field's limit (a waiting period's is 30 days).
         if (duration.Seconds > MaxDurationDays * 24L * 3600)
         {
-            throw KmsErrors.InvalidArgument(field, $"must be at most {MaxDurationDays} days");
+            return TimeSpan.FromDays(MaxDurationDays);
         }
 
         try
