@@ -242,6 +242,27 @@ public sealed class KeyImportTests : IDisposable
         Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 10, null, default)).Items);
     }
 
+    [Theory]
+    [InlineData(KeyAlgorithm.Aes256Gcm, 32)]
+    [InlineData(KeyAlgorithm.HmacSha256, 32)]
+    public async Task Import_SecretKeyMaterialWithAPublicKey_InvalidArgumentNamingPublicKey_NothingAdded(KeyAlgorithm algorithm, int length)
+    {
+        // The public key was ignored: the version was added, and a caller who had mixed up keys or
+        // algorithms was left to believe the key it sent had been checked against the material.
+        var key = await _domain.CreateKeyForImportAsync("byok", algorithm);
+        var job = await _domain.Keys.CreateImportJobAsync(Dev, Dev.Tenant, "job", ImportMethod.RsaOaep3072Sha1Aes256, default);
+        var wrapped = KeyImport.Wrap(job.PublicKey.Der, ProtoImportMethod.RsaOaep3072Sha1Aes256, RandomNumberGenerator.GetBytes(length));
+        using var ec = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _domain.Keys.ImportKeyVersionAsync(
+            Dev, new ImportKeyVersionCommand(key.Name, job.Name, null, wrapped, ec.ExportSubjectPublicKeyInfo(), null), default));
+
+        Assert.Equal((KmsErrorCode.InvalidArgument, "public_key"), (e.Code, e.Field));
+        Assert.Contains(KeyAlgorithms.Of(algorithm).Name, e.Message, StringComparison.Ordinal);
+        Assert.Single((await _domain.Keys.ListKeyVersionsAsync(Dev, key.Name, 10, null, default)).Items);
+        Assert.Equal(2, (await _domain.Keys.ImportKeyVersionAsync(Dev, new ImportKeyVersionCommand(key.Name, job.Name, null, wrapped, null, null), default)).Name.Version);
+    }
+
     [Fact]
     public async Task Import_AlgorithmOtherThanTheKeys_FailedPrecondition()
     {

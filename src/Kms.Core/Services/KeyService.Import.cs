@@ -116,6 +116,13 @@ public sealed partial class KeyService
             throw KmsErrors.FailedPrecondition($"key {name} holds {KeyAlgorithms.Of(algorithm).Name} versions, not {KeyAlgorithms.Of(named).Name}");
         }
 
+        // A public key with AES or HMAC material was ignored: the caller who sent one has mixed
+        // up keys or algorithms, and is told so rather than left to believe it was checked.
+        if (command.PublicKey is { Length: > 0 } && !KeyAlgorithms.Of(algorithm).IsAsymmetric)
+        {
+            throw KmsErrors.InvalidArgument("public_key", $"is for RSA and EC keys; {KeyAlgorithms.Of(algorithm).Name} material has no public key (leave it empty)");
+        }
+
         // Only a key created to take imports: otherwise a key-manager, who may not decrypt, could
         // make material they know the primary of any key and read what is encrypted under it.
         if (!key.AllowImport)
