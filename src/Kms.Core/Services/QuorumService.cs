@@ -218,7 +218,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
         var ttl = command.Ttl ?? options.DefaultTtl;
         if (ttl < options.MinTtl || ttl > options.MaxTtl)
         {
-            throw KmsErrors.InvalidArgument("ttl", $"must be from {options.MinTtl.TotalMinutes:0} minutes to {options.MaxTtl.TotalDays:0} days");
+            throw KmsErrors.InvalidArgument("ttl", $"must be from {Count(options.MinTtl.TotalMinutes, "minute")} to {Count(options.MaxTtl.TotalDays, "day")}");
         }
 
         var id = QuorumRequestId.NewId();
@@ -775,4 +775,7 @@ public sealed class QuorumService(IQuorumStore store, IKeyStore keys, IHsm hsm, 
 
     private OfficerSet Genesis() => options.Genesis ?? throw KmsErrors.FailedPrecondition(
         "quorum operations are refused: no officer genesis is configured (set Kms:Quorum:GenesisFile to the genesis file the key ceremony wrote)");
+
+    private static string Count(double value, string unit) =>
+        string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{value:0.##} {unit}{(value == 1 ? "" : "s")}");
 }
