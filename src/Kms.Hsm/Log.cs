@@ -39,6 +39,9 @@ internal static partial class Log
     [LoggerMessage(EventId = 2012, Level = LogLevel.Warning, Message = "The last user of the PKCS#11 module {ModulePath} stopped with {Inside} calls still inside it ({Abandoned} abandoned calls, {Recoveries} recoveries of this adapter still running): the module is left initialised, neither finalized under them nor waited for, and the next open in this process uses it")]
     public static partial void ModuleLeftLoaded(ILogger logger, string modulePath, int inside, int abandoned, int recoveries);
 
+    [LoggerMessage(EventId = 2013, Level = LogLevel.Warning, Message = "Stopping: the HSM's calls in flight or its recovery still ran after {Waited} (the stop waits at most {DrainTimeout}; cut short by the host's stop time: {StopTimeRanOut}; {Recoveries} recoveries still running); their sessions are left open until the calls return")]
+    public static partial void StopLeftCallsRunning(ILogger logger, TimeSpan waited, TimeSpan drainTimeout, bool stopTimeRanOut, int recoveries);
+
     [LoggerMessage(EventId = 2010, Level = LogLevel.Information, Message = "HSM module re-initialised after {Destroyed} destroyed session objects, which profile {Profile} keeps until C_Finalize; new generation {Generation} (module generation {ModuleGeneration}), every cached key handle dropped")]
     public static partial void Recycled(ILogger logger, long destroyed, string profile, long generation, long moduleGeneration);
 

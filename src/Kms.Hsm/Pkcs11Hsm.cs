@@ -460,20 +460,43 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }
     }
 
-    /// <summary>Closes the sessions (destroying every unwrapped copy) and releases the module.</summary>
-    public async ValueTask DisposeAsync()
+    /// <summary>
+    /// Stops the adapter (<see cref="StopAsync"/>) with no bound but its own 10 s; after a
+    /// <see cref="StopAsync"/>, returns at once.
+    /// </summary>
+    public ValueTask DisposeAsync() => new(StopAsync(CancellationToken.None));
+
+    /// <summary>
+    /// Closes the sessions (destroying every unwrapped copy) and releases the module (with its last
+    /// user, <c>C_Finalize</c>), waiting for a recovery under way and for the calls in flight together
+    /// at most 10 s, and no longer than <paramref name="cancellationToken"/> lets it; the adapter
+    /// answers UNAVAILABLE from then on. A second stop, or a <see cref="DisposeAsync"/> after it,
+    /// returns at once.
+    /// </summary>
+    /// <param name="cancellationToken">
+    /// The end of the time the stop may take (a host's stop: what is left of its stop time). Never
+    /// thrown: once it is cancelled the stop waits for nothing more and leaves what still runs.
+    /// </param>
+    /// <remarks>
+    /// A native call cannot be cancelled: what the stop could not wait for is left alone — the
+    /// sessions a call still holds are not closed under it, nor is the library finalized under a
+    /// call inside it (the module stays initialised, event 2012, until a later last release finds
+    /// nothing inside). The PIN is zeroed whatever the stop waited for, and a recovery that
+    /// outlives the stop gives up before it presents it.
+    /// </remarks>
+    public async Task StopAsync(CancellationToken cancellationToken)
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 1)
         {
             return;
         }
 
-        // The regions' adapters stop beside this one, each within its own DrainTimeout, so the
-        // whole stop waits at most that for a hung HSM, however many regions there are.
-        var regions = _regions.Values.Select(regional => regional.DisposeAsync().AsTask()).ToList();
+        // The regions' adapters stop beside this one, each within the same bounds, so the whole
+        // stop waits at most that for a hung HSM, however many regions there are.
+        var regions = _regions.Values.Select(regional => regional.StopAsync(cancellationToken)).ToList();
         try
         {
-            await CloseOwnAsync().ConfigureAwait(false);
+            await CloseOwnAsync(cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -482,19 +505,23 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     }
 
     // A stop waits for a recovery under way and for the calls in flight, together no longer than
-    // DrainTimeout: a hung HSM returns neither (before, a recovery stuck in C_OpenSession held the
-    // stop for as long as the device hung). What it could not wait for is left to the module: its
-    // sessions are not closed under a running call, nor is the library finalized (Release).
-    private async Task CloseOwnAsync()
+    // DrainTimeout, nor than its token lets it (a host's stop time: before, the server stopped the
+    // adapter after the host's stop, in the container's disposal, so a stop while the HSM hung took
+    // up to DrainTimeout more than the host's stop time). A hung HSM returns neither (before, a
+    // recovery stuck in C_OpenSession held the stop for as long as the device hung). What it could
+    // not wait for is left to the module: its sessions are not closed under a running call, nor is
+    // the library finalized (Release).
+    private async Task CloseOwnAsync(CancellationToken cancellationToken)
     {
         var start = _time.GetTimestamp();
-        var recoveryEnded = await TimedWait.WaitAsync(_recovery, DrainTimeout, _time, CancellationToken.None).ConfigureAwait(false);
+        var recoveryEnded = await StopWaitAsync(_recovery, DrainTimeout, cancellationToken).ConfigureAwait(false);
+        var leftRunning = !recoveryEnded;
         try
         {
             if (recoveryEnded && _state is { } state)
             {
                 state.Faulted = true;
-                await CloseAsync(state, Left(DrainTimeout, start)).ConfigureAwait(false);
+                leftRunning = !await CloseAsync(state, Left(DrainTimeout, start), cancellationToken).ConfigureAwait(false);
                 _state = null;
             }
         }
@@ -503,6 +530,11 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             if (recoveryEnded)
             {
                 _recovery.Release();
+            }
+
+            if (leftRunning)
+            {
+                Log.StopLeftCallsRunning(_logger, _time.GetElapsedTime(start), DrainTimeout, cancellationToken.IsCancellationRequested, recoveryEnded ? 0 : 1);
             }
 
             // Under the login lock: a recovery left running checks the adapter is open there before
@@ -517,6 +549,25 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             {
                 Log.ModuleLeftLoaded(_logger, _options.ModulePath, inside, AbandonedCalls, recoveryEnded ? 0 : 1);
             }
+        }
+    }
+
+    // A wait of the stop: at most `timeout`, ended early by the stop's token; once there is no time
+    // left, a permit free right now is still taken (nothing to wait for is no reason to leave).
+    private async Task<bool> StopWaitAsync(SemaphoreSlim semaphore, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return semaphore.Wait(0, CancellationToken.None);
+        }
+
+        try
+        {
+            return await TimedWait.WaitAsync(semaphore, timeout, _time, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            return semaphore.Wait(0, CancellationToken.None);
         }
     }
 
@@ -883,14 +934,23 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     }
 
     // True when the sessions were drained and closed.
-    private Task<bool> CloseAsync(SlotState state) => CloseAsync(state, DrainTimeout);
-
-    private async Task<bool> CloseAsync(SlotState state, TimeSpan drainTimeout)
+    private async Task<bool> CloseAsync(SlotState state)
     {
-        if (!await state.Pool.DrainAsync(drainTimeout).ConfigureAwait(false))
+        if (!await CloseAsync(state, DrainTimeout, CancellationToken.None).ConfigureAwait(false))
         {
-            // Closing a session under a running call is how PKCS#11 libraries crash.
-            Log.DrainTimedOut(_logger, drainTimeout);
+            Log.DrainTimedOut(_logger, DrainTimeout);
+            return false;
+        }
+
+        return true;
+    }
+
+    // Closing a session under a running call is how PKCS#11 libraries crash: false, nothing closed,
+    // when a call still held one at the end of the drain.
+    private async Task<bool> CloseAsync(SlotState state, TimeSpan drainTimeout, CancellationToken cancellationToken)
+    {
+        if (!await state.Pool.DrainAsync(drainTimeout, cancellationToken).ConfigureAwait(false))
+        {
             return false;
         }
 
@@ -918,7 +978,7 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     // may be a new generation's.
     private async Task CloseWhenDrainedAsync(SlotState state)
     {
-        while (!await state.Pool.DrainAsync(DrainTimeout).ConfigureAwait(false))
+        while (!await state.Pool.DrainAsync(DrainTimeout, CancellationToken.None).ConfigureAwait(false))
         {
             if (Volatile.Read(ref _disposed) == 1)
             {

@@ -63,14 +63,20 @@ internal sealed class SessionPool : IDisposable
         return new SessionLease(this, session);
     }
 
-    /// <summary>Waits until every lease is returned and keeps them all, so sessions can be closed safely.</summary>
-    public async Task<bool> DrainAsync(TimeSpan timeout)
+    /// <summary>
+    /// Waits until every lease is returned and keeps them all, so sessions can be closed safely: at
+    /// most <paramref name="timeout"/>, and no longer than <paramref name="cancellationToken"/> lets
+    /// it (a stop's). With no time left, sessions already returned are still taken: a pool with no
+    /// call in flight drains at once.
+    /// </summary>
+    /// <returns>False when a lease was still out at the end (the sessions taken are given back).</returns>
+    public async Task<bool> DrainAsync(TimeSpan timeout, CancellationToken cancellationToken)
     {
         var start = _time.GetTimestamp();
         for (var taken = 0; taken < _sessions.Length; taken++)
         {
             var left = timeout - _time.GetElapsedTime(start);
-            if (left <= TimeSpan.Zero || !await TimedWait.WaitAsync(_available, left, _time, CancellationToken.None).ConfigureAwait(false))
+            if (!await TakeAsync(left > TimeSpan.Zero ? left : TimeSpan.Zero, cancellationToken).ConfigureAwait(false))
             {
                 if (taken > 0)
                 {
@@ -82,6 +88,24 @@ internal sealed class SessionPool : IDisposable
         }
 
         return true;
+    }
+
+    // One permit, waiting at most `timeout`; once that or the token has run out, only a free one.
+    private async Task<bool> TakeAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (timeout == TimeSpan.Zero || cancellationToken.IsCancellationRequested)
+        {
+            return _available.Wait(0, CancellationToken.None);
+        }
+
+        try
+        {
+            return await TimedWait.WaitAsync(_available, timeout, _time, cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            return _available.Wait(0, CancellationToken.None);
+        }
     }
 
     /// <summary>

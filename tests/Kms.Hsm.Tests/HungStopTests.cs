@@ -152,6 +152,53 @@ public sealed class HungStopTests(ITestOutputHelper output)
         Assert.False(module.IsLoaded, "the last release with nothing inside did not finalize the library");
     }
 
+    [Fact]
+    public async Task AdapterStop_ItsStopTimeRunsOutWhileACallHangs_EndsThen_LeavesTheCall_Logged2013And2012()
+    {
+        // A clock never advanced: the stop's own 10-s drain never passes, so only the stop's token (a
+        // host's stop time running out) can end its wait for the hung call.
+        var token = SoftHsm.CreateToken();
+        var options = token.Options();
+        options.ModulePath = PrivateModuleCopy();
+        options.CallTimeout = TimeSpan.FromMinutes(10);
+        var logger = new ListLogger();
+        var hsm = Pkcs11Hsm.Open(options, logger, new Microsoft.Extensions.Time.Testing.FakeTimeProvider());
+        var module = hsm.Module;
+        hsm.Faults.Hang();
+        Task<byte[]> call;
+        try
+        {
+            call = Task.Run(async () => await hsm.GenerateRandomAsync(4, default));
+            await WhenAsync(() => hsm.Faults.HungCalls == 1);
+
+            using var stopTime = new CancellationTokenSource();
+            var stop = hsm.StopAsync(stopTime.Token);
+            await stopTime.CancelAsync();
+            await Guarded(stop, HangGuard, "the stop did not end when its stop time ran out");
+            Assert.True(hsm.Faults.HungCalls == 1, "the hang was released before the stop ended");
+            Assert.True(module.IsLoaded, "the library was finalized under a running call");
+            output.WriteLine(string.Join('\n', logger.Messages));
+            var cut = Assert.Single(logger.Messages, m => m.StartsWith("Stopping: the HSM's calls in flight", StringComparison.Ordinal));
+            Assert.Contains("cut short by the host's stop time: True", cut, StringComparison.Ordinal);
+            Assert.Single(logger.Messages, m => m.StartsWith("The last user of the PKCS#11 module", StringComparison.Ordinal));
+
+            // A dispose after the stop (the server's container) returns at once: nothing is waited for twice.
+            await Guarded(hsm.DisposeAsync().AsTask(), ModuleGuard, "the dispose after the stop waited");
+            Assert.Single(logger.Messages, m => m.StartsWith("The last user of the PKCS#11 module", StringComparison.Ordinal));
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+
+        // The device answers again: the call returns, and the next last release finalizes the library.
+        await Guarded(call, HangGuard, "the hung call did not return once the hang was cleared");
+        var last = Pkcs11Hsm.Open(options, logger);
+        Assert.Same(module, last.Module);
+        await last.DisposeAsync();
+        Assert.False(module.IsLoaded, "the last release with nothing inside did not finalize the library");
+    }
+
     // SoftHSM's library under a path of its own: a separate instance in this process, sharing the
     // token directory (as two processes can).
     private static string PrivateModuleCopy()

@@ -525,10 +525,13 @@ public static partial class KmsServerApp
         builder.Services.AddSingleton(builder.Configuration.GetSection("UsageLimits").Get<UsageLimitOptions>() ?? new UsageLimitOptions());
         builder.Services.AddSingleton(new LifecycleWorkerOptions(builder.Configuration.GetValue("Lifecycle:JobInterval", LifecycleWorkerOptions.DefaultInterval)));
 
-        // Registered through factories so the container owns them: the HSM is drained and
-        // finalised when the application is disposed.
+        // Registered through factories so the container owns them (a server built and never
+        // started disposes them with it). The HSM is drained and finalised by the host's stop, as
+        // its last step (HsmStop, the first hosted service: stopped after every other), within
+        // what is left of the host's stop time; the container's disposal then finds it stopped.
         builder.Services.AddSingleton(_ => hsm);
         builder.Services.AddSingleton<IHsm>(services => services.GetRequiredService<Pkcs11Hsm>());
+        builder.Services.AddHostedService(services => new HsmStop(services.GetRequiredService<Pkcs11Hsm>()));
         builder.Services.AddSingleton<IKeyStore>(_ => store);
         builder.Services.AddSingleton<IAccessStore>(_ => store);
         builder.Services.AddSingleton<IAuditStore>(_ => store);
