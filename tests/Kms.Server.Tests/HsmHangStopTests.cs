@@ -5,6 +5,7 @@ using Kms.Contracts.V1;
 using Kms.Hsm;
 using Kms.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Hosting;
 using Xunit.Abstractions;
 
@@ -48,7 +49,9 @@ public sealed class HsmHangStopTests(ITestOutputHelper output)
             "--Kms:Transport:ShutdownDrainTimeout=00:00:09",
             "--Lifecycle:JobInterval=01:00:00",
         ];
-        var server = await KmsTestServer.StartAsync(null, null, "dev", settings);
+        // No health probe meanwhile (the publisher's first run an hour away): the one call that hangs
+        // is the Encrypt, which the test waits for before it stops the server.
+        var server = await KmsTestServer.StartAsync(null, null, "dev", services => services.Configure<HealthCheckPublisherOptions>(o => o.Delay = TimeSpan.FromHours(1)), settings);
         var stopTime = server.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<HostOptions>>().Value.ShutdownTimeout;
         var faults = server.Services.GetRequiredService<Pkcs11Hsm>().Faults;
 
