@@ -291,9 +291,18 @@ public sealed class PostgresDeploymentTests(ITestOutputHelper output) : IAsyncLi
         Assert.Equal(3, Directory.GetFiles(P("new-shares"), "share-*.json").Length);
 
         // Another first run is refused: the rotation in progress is resumed with its own new shares.
+        // Into the directory holding them, up front (before the database is read), naming them; into
+        // another, once the database shows the rotation in progress.
         var again = await Kms(firstRun);
-        Assert.True(again.ExitCode == 2, again.ToString());
-        Assert.Contains("resume it with --new-share", again.Error, StringComparison.Ordinal);
+        Assert.True(again.ExitCode == 5, again.ToString());
+        Assert.Contains("holds share files already (share-1-alice.json, share-2-bob.json, share-3-carol.json)", again.Error, StringComparison.Ordinal);
+        Assert.Contains("--new-share", again.Error, StringComparison.Ordinal);
+        string[] firstRunElsewhere = [.. firstRun[..^7], P("new-shares-elsewhere"), .. firstRun[^6..]];
+        Assert.Equal(P("new-shares"), firstRun[^7]);
+        var elsewhere = await Kms(firstRunElsewhere);
+        Assert.True(elsewhere.ExitCode == 2, elsewhere.ToString());
+        Assert.Contains("resume it with --new-share", elsewhere.Error, StringComparison.Ordinal);
+        Assert.Empty(Directory.Exists(P("new-shares-elsewhere")) ? Directory.GetFiles(P("new-shares-elsewhere")) : []);
 
         // Resumed with two of the three new shares.
         var resumed = JsonNode.Parse((await Ok([.. rotate, "--new-share", NewShare("alice"), "--new-share", NewShare("bob"),
