@@ -45,6 +45,12 @@ internal static partial class Log
     [LoggerMessage(EventId = 2010, Level = LogLevel.Information, Message = "HSM module re-initialised after {Destroyed} destroyed session objects, which profile {Profile} keeps until C_Finalize; new generation {Generation} (module generation {ModuleGeneration}), every cached key handle dropped")]
     public static partial void Recycled(ILogger logger, long destroyed, string profile, long generation, long moduleGeneration);
 
+    [LoggerMessage(EventId = 2015, Level = LogLevel.Information, Message = "HSM module re-initialisation deferred behind {LongOperations} long operations (RSA key generation) on generation {Generation}: calls are served on it meanwhile, new long operations wait for the re-initialisation, which follows once these end")]
+    public static partial void RecycleDeferred(ILogger logger, int longOperations, long generation);
+
+    [LoggerMessage(EventId = 2016, Level = LogLevel.Warning, Message = "Deferred HSM module re-initialisation dropped: generation {Generation} failed while it waited, and the recovery takes over; the next destroyed session object starts it again")]
+    public static partial void RecycleDropped(ILogger logger, long generation);
+
     [LoggerMessage(EventId = 1210, Level = LogLevel.Error, Message = "HSM call {Operation} did not return within {Timeout}; answering UNAVAILABLE, abandoning it with its session ({Abandoned} abandoned) and recovering")]
     public static partial void CallTimedOut(ILogger logger, string operation, TimeSpan timeout, int abandoned);
 

@@ -40,7 +40,7 @@ public sealed partial class Pkcs11Hsm
     // RSA key generation takes seconds on a good day (about 6 s at 4096 bits on SoftHSM, 2 cores):
     // it gets its own, longer bound rather than being taken for a hung HSM.
     private ValueTask<T> RunSlowAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken) =>
-        RunAsync(operation, body, _options.CallTimeout > TimeSpan.Zero ? _options.KeyGenerationTimeout : _options.CallTimeout, cancellationToken);
+        RunAsync(operation, body, _options.CallTimeout > TimeSpan.Zero ? _options.KeyGenerationTimeout : _options.CallTimeout, longOperation: true, cancellationToken);
 
     // The waits (a recovery in progress, then a free session) share one Hsm:CallTimeout from the
     // caller's `start` — kept when it starts again on a new generation (RunAsync), neither renewed
@@ -50,7 +50,7 @@ public sealed partial class Pkcs11Hsm
     // native call running past its bound counts as a hung HSM: waiting for a session is load, not
     // a fault. Every deadline here is kept by the adapter's TimeProvider (HsmCallBoundTests move a
     // fake one to the bound's edge).
-    private async ValueTask<T> RunBoundedAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, long start, CancellationToken cancellationToken)
+    private async ValueTask<T> RunBoundedAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, bool longOperation, long start, CancellationToken cancellationToken)
     {
         if (AbandonedCalls >= MaxAbandonedCalls)
         {
@@ -60,6 +60,10 @@ public sealed partial class Pkcs11Hsm
         // Never negative: -1 ms would read as "infinite".
         var wait = Left(_options.CallTimeout, start);
         var state = await HealthyStateAsync(wait, cancellationToken).ConfigureAwait(false);
+
+        // Counted until it is answered, abandoned or not: an abandoned one faulted its generation,
+        // and a pending recycle of that gives way to the recovery anyway.
+        using var counted = longOperation ? await BeginLongAsync(state, Left(_options.CallTimeout, start), cancellationToken).ConfigureAwait(false) : default;
         var lease = await state.Pool.AcquireAsync(Left(_options.CallTimeout, start), cancellationToken).ConfigureAwait(false);
         var call = Task.Run(() => Invoke(operation, state, lease.Session, body), CancellationToken.None);
         await ((Task)call).WaitAsync(timeout, _time, CancellationToken.None).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);

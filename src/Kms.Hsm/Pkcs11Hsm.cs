@@ -722,9 +722,12 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
     private const int StaleGenerationAttempts = 8;
 
     private ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken) =>
-        RunAsync(operation, body, _options.CallTimeout, cancellationToken);
+        RunAsync(operation, body, _options.CallTimeout, longOperation: false, cancellationToken);
 
-    private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, CancellationToken cancellationToken)
+    // A long operation (RSA generation: seconds, bounded by Hsm:KeyGenerationTimeout) defers a
+    // planned recycle of the generation it runs on, and does not start on one whose recycle is
+    // pending (Pkcs11Hsm.Recycle.cs).
+    private async ValueTask<T> RunAsync<T>(string operation, Func<ISession, SlotState, T> body, TimeSpan timeout, bool longOperation, CancellationToken cancellationToken)
     {
         ThrowIfDisposed();
         // A generation retired by a recycle, closed by a recovery (or a module re-initialised by
@@ -742,8 +745,8 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
             try
             {
                 return timeout > TimeSpan.Zero
-                    ? await RunBoundedAsync(operation, body, timeout, start, cancellationToken).ConfigureAwait(false)
-                    : await RunUnboundedAsync(operation, body, cancellationToken).ConfigureAwait(false);
+                    ? await RunBoundedAsync(operation, body, timeout, longOperation, start, cancellationToken).ConfigureAwait(false)
+                    : await RunUnboundedAsync(operation, body, longOperation, cancellationToken).ConfigureAwait(false);
             }
             catch (StaleGenerationException) when (attempt < StaleGenerationAttempts && (timeout <= TimeSpan.Zero || _time.GetElapsedTime(start) <= _options.CallTimeout))
             {
@@ -755,9 +758,10 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         }
     }
 
-    private async ValueTask<T> RunUnboundedAsync<T>(string operation, Func<ISession, SlotState, T> body, CancellationToken cancellationToken)
+    private async ValueTask<T> RunUnboundedAsync<T>(string operation, Func<ISession, SlotState, T> body, bool longOperation, CancellationToken cancellationToken)
     {
         var state = await HealthyStateAsync(cancellationToken).ConfigureAwait(false);
+        using var counted = longOperation ? await BeginLongAsync(state, Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false) : default;
         using var lease = await state.Pool.AcquireAsync(cancellationToken).ConfigureAwait(false);
         return Invoke(operation, state, lease.Session, body);
     }
@@ -1219,6 +1223,12 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         private volatile bool _faulted;
         private volatile bool _retired;
 
+        // Long operations (RSA generation) and a planned recycle of this generation: see Pkcs11Hsm.Recycle.cs.
+        private readonly Lock _long = new();
+        private int _longOperations;
+        private TaskCompletionSource? _noLongOperations;
+        private TaskCompletionSource? _recyclePending;
+
         public ulong SlotId { get; } = slotId;
 
         public long ModuleGeneration { get; } = moduleGeneration;
@@ -1236,7 +1246,22 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         public bool Faulted
         {
             get => _faulted;
-            set => _faulted = value;
+            set
+            {
+                if (!value)
+                {
+                    _faulted = false;
+                    return;
+                }
+
+                // A fault ends a pending recycle's wait for the long operations: the fault path
+                // (a recovery) takes over, and is never deferred.
+                lock (_long)
+                {
+                    _faulted = true;
+                    _noLongOperations?.TrySetResult();
+                }
+            }
         }
 
         /// <summary>Closed on purpose (a recycle), not by a fault: its callers start again on the next generation.</summary>
@@ -1244,6 +1269,78 @@ public sealed partial class Pkcs11Hsm : IHsm, IAsyncDisposable
         {
             get => _retired;
             set => _retired = value;
+        }
+
+        /// <summary>
+        /// Counts a long operation on this generation, or, when a recycle of it is pending (or
+        /// done), does not: returns the task to wait for before starting again on the next.
+        /// </summary>
+        public Task? TryBeginLong()
+        {
+            lock (_long)
+            {
+                if (_retired)
+                {
+                    return Task.CompletedTask;
+                }
+
+                if (_recyclePending is { } pending)
+                {
+                    return pending.Task;
+                }
+
+                _longOperations++;
+                return null;
+            }
+        }
+
+        /// <summary>A long operation counted by <see cref="TryBeginLong"/> has ended (or was abandoned).</summary>
+        public void EndLong()
+        {
+            lock (_long)
+            {
+                if (--_longOperations == 0)
+                {
+                    _noLongOperations?.TrySetResult();
+                }
+            }
+        }
+
+        /// <summary>
+        /// A recycle of this generation is pending: no long operation starts on it from now on.
+        /// Returns the long operations in flight and a task that completes once none is (or the
+        /// generation faulted).
+        /// </summary>
+        public (int InFlight, Task Drained) BeginRecycle()
+        {
+            lock (_long)
+            {
+                _recyclePending = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _noLongOperations = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                if (_longOperations == 0 || _faulted)
+                {
+                    _noLongOperations.TrySetResult();
+                }
+
+                return (_longOperations, _noLongOperations.Task);
+            }
+        }
+
+        /// <summary>
+        /// The recycle has retired this generation or given up: the long operations waiting for it
+        /// start again (on the next generation, or, when it gave up, wherever the adapter is).
+        /// </summary>
+        public void EndRecycle()
+        {
+            TaskCompletionSource? pending;
+            lock (_long)
+            {
+                pending = _recyclePending;
+                _recyclePending = null;
+                _noLongOperations = null;
+            }
+
+            pending?.TrySetResult();
         }
 
         public void Dispose()

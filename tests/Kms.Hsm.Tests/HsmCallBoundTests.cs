@@ -158,6 +158,50 @@ public sealed class HsmCallBoundTests
         }
     }
 
+    // A recycle deferred behind a long RSA generation: a new RSA generation does not start on the
+    // generation (it would hold the recycle off again) but waits for the recycle — within its
+    // waits' Hsm:CallTimeout, like a wait for a recovery, so its bound stays CallTimeout +
+    // KeyGenerationTimeout.
+    [Fact]
+    public async Task RecycleWait_RsaGenerationBehindAPendingRecycle_AnsweredAtCallTimeout()
+    {
+        var clock = new ArmedClock();
+        await using var hsm = Open(clock, sessions: 2);
+        hsm.Faults.HangOnly("generate key pair");
+        try
+        {
+            var armed = clock.Armed;
+            var first = Start(() => hsm.GenerateKeyVersionAsync(KeyAlgorithm.RsaSignPss2048Sha256, default));
+            await clock.WaitForTimerAsync(armed, "the first RSA generation");
+            await UntilHungAsync(hsm, 1);
+            Assert.True(hsm.TryStartRecycle());
+            var guard = Stopwatch.StartNew();
+            while (hsm.DeferredRecycles == 0)
+            {
+                Assert.True(guard.Elapsed < HangGuard, "hang guard: the recycle did not defer behind the RSA generation");
+                await Task.Delay(10);
+            }
+
+            armed = clock.Armed;
+            var second = Start(() => hsm.GenerateKeyVersionAsync(KeyAlgorithm.RsaSignPss2048Sha256, default));
+            await clock.WaitForTimerAsync(armed, "the second RSA generation's wait for the recycle");
+            Assert.Equal(1, hsm.LongOperationsWaitingForRecycle);
+
+            clock.Advance(CallTimeout - Tick);
+            await AssertNotAnsweredAsync(second, "the wait for a pending recycle 1 ms before Hsm:CallTimeout");
+
+            clock.Advance(Tick);
+            var e = await UnavailableAsync(second, "the wait for a pending recycle at Hsm:CallTimeout");
+            Assert.Equal("the HSM is being re-initialised; retry shortly", e.Message);
+            Assert.Equal(1, hsm.Faults.HungCalls); // it never started
+            Assert.False(first.IsCompleted);
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+    }
+
     [Fact]
     public async Task WorstCase_RecoveryEndsJustInsideCallTimeout_ThenTheCallHangs_AnsweredWithinTwiceCallTimeout()
     {
