@@ -16,6 +16,7 @@ namespace Kms.Hsm;
 internal sealed class HsmFaultInjector
 {
     private Fault? _fault;
+    private Fault? _also;
     private int _hung;
 
     /// <summary>Calls blocked in an injected hang right now.</summary>
@@ -33,12 +34,27 @@ internal sealed class HsmFaultInjector
     /// </summary>
     public void HangOnly(string operation) => Replace(new Fault(null, operation));
 
+    /// <summary>
+    /// Besides the current fault (which stays, its hung calls too), calls of <paramref name="operation"/>
+    /// fail with <paramref name="returnValue"/>, until <see cref="Clear"/>.
+    /// </summary>
+    public void FailAlso(string operation, CKR returnValue) => Volatile.Write(ref _also, new Fault(returnValue, operation));
+
     /// <summary>The device is back: calls pass, and hung calls continue (and complete) normally.</summary>
-    public void Clear() => Replace(null);
+    public void Clear()
+    {
+        Volatile.Write(ref _also, null);
+        Replace(null);
+    }
 
     /// <summary>Applies the current fault, if any, to a call about to go native.</summary>
     public void BeforeCall(string method)
     {
+        if (Volatile.Read(ref _also) is { ReturnValue: { } also, Operation: var alsoOnly } && string.Equals(alsoOnly, method, StringComparison.Ordinal))
+        {
+            throw new Pkcs11Exception(method, also);
+        }
+
         var fault = Volatile.Read(ref _fault);
         if (fault is null)
         {

@@ -153,6 +153,91 @@ public sealed class RecycleDeferralTests
         Assert.True(rsa.VerifyHash(digest, signature, HashAlgorithmName.SHA256, RSASignaturePadding.Pss));
     }
 
+    [Fact]
+    public async Task DeviceLostWhileTheRecycleWaits_RecycleDropped_TheRecoveryIsNotDeferred()
+    {
+        // A fault on another call while the RSA generation still runs: the recycle gives way to the
+        // recovery at once, not once the generation ends.
+        var options = SoftHsm.CreateToken().Options(sessions: 3);
+        options.RecycleAfterDestroyedObjects = 0;
+        options.CallTimeout = TimeSpan.FromSeconds(30);
+        var logger = new ListLogger();
+        await using var hsm = Pkcs11Hsm.Open(options, logger);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        var sealedBefore = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [2], default);
+
+        hsm.Faults.HangOnly("generate key pair");
+        Task<GeneratedKeyMaterial> generation;
+        try
+        {
+            generation = Task.Run(async () => await hsm.GenerateKeyVersionAsync(KeyAlgorithm.RsaSignPss2048Sha256, default));
+            await UntilAsync(() => hsm.Faults.HungCalls == 1 || generation.IsCompleted, "the key generation did not reach its native phase");
+            Assert.True(hsm.TryStartRecycle());
+            await UntilAsync(() => hsm.DeferredRecycles == 1, "the recycle did not defer");
+
+            hsm.Faults.FailAlso("generate random", Net.Pkcs11Interop.Common.CKR.CKR_DEVICE_REMOVED);
+            var e = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(async () => await hsm.GenerateRandomAsync(4, default));
+            Assert.Equal(Kms.Core.Errors.KmsErrorCode.Unavailable, e.Code);
+
+            // The generation is still held, and the recycle no longer waits for it.
+            await UntilAsync(() => !hsm.Recycling, "the recycle waited for the long operation after the fault");
+            Assert.Equal(1, hsm.Faults.HungCalls);
+            Assert.False(generation.IsCompleted);
+            Assert.Equal(0, hsm.Recycles);
+            Assert.Single(logger.Messages, m => m.Contains("re-initialisation dropped", StringComparison.Ordinal));
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+
+        _ = await generation.WaitAsync(HangGuard); // it had begun: it finishes on its generation
+        Assert.Equal([2], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBefore, default).AsTask().WaitAsync(HangGuard));
+        Assert.Contains(logger.Messages, m => m.Contains("HSM recovered", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task LongOperationAbandonedWhileTheRecycleWaits_RecycleDropped_TheRecoveryIsNotDeferred()
+    {
+        // The held RSA generation is abandoned at Hsm:KeyGenerationTimeout (2 s): its generation is
+        // faulted, which is the recovery's business. The recycle waiting for it gives way at once
+        // rather than waiting for the abandoned call to come back.
+        var options = SoftHsm.CreateToken().Options(sessions: 3);
+        options.RecycleAfterDestroyedObjects = 0;
+        options.CallTimeout = TimeSpan.FromSeconds(30);
+        options.KeyGenerationTimeout = TimeSpan.FromSeconds(2);
+        var logger = new ListLogger();
+        await using var hsm = Pkcs11Hsm.Open(options, logger);
+        var key = new KeyMaterialRef(KeyVersionId.NewId(), await hsm.GenerateAes256KeyAsync(default));
+        var sealedBefore = await hsm.EncryptAesGcmAsync(key, new byte[12], [], [1], default);
+
+        hsm.Faults.HangOnly("generate key pair");
+        try
+        {
+            var generation = Task.Run(async () => await hsm.GenerateKeyVersionAsync(KeyAlgorithm.RsaSignPss2048Sha256, default));
+            await UntilAsync(() => hsm.Faults.HungCalls == 1 || generation.IsCompleted, "the key generation did not reach its native phase");
+            Assert.True(hsm.TryStartRecycle());
+            await UntilAsync(() => hsm.DeferredRecycles == 1, "the recycle did not defer");
+
+            var e = await Assert.ThrowsAsync<Kms.Core.Errors.KmsException>(async () => await generation.WaitAsync(HangGuard));
+            Assert.Equal("the HSM did not answer in time; retry shortly", e.Message);
+
+            // Still hung, the abandoned call holds its session: the recycle did not wait for it.
+            await UntilAsync(() => !hsm.Recycling, "the recycle did not give way to the fault");
+            Assert.Equal(1, hsm.Faults.HungCalls);
+            Assert.Equal(0, hsm.Recycles);
+            Assert.Single(logger.Messages, m => m.Contains("re-initialisation dropped", StringComparison.Ordinal));
+        }
+        finally
+        {
+            hsm.Faults.Clear();
+        }
+
+        // The next call recovers and is served.
+        Assert.Equal([1], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBefore, default).AsTask().WaitAsync(HangGuard));
+        Assert.Contains(logger.Messages, m => m.Contains("HSM recovered", StringComparison.Ordinal));
+    }
+
     private static int Deferred(ListLogger logger) => logger.Messages.Count(m => m.Contains("re-initialisation deferred", StringComparison.Ordinal));
 
     private static async Task UntilAsync(Func<bool> condition, string what)
