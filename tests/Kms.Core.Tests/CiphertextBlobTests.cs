@@ -19,6 +19,22 @@ public sealed class CiphertextBlobTests
         Assert.False(CiphertextBlob.TryParse(blob, out _));
     }
 
+    [Theory]
+    [InlineData(11)]
+    [InlineData(13)]
+    public void Format_IvNotTwelveBytes_ArgumentExceptionNamingIv(int ivLength)
+    {
+        var e = Assert.Throws<ArgumentException>(() => CiphertextBlob.Format(KeyVersionId.NewId(), new byte[ivLength], new byte[20]));
+        Assert.Equal("iv", e.ParamName);
+    }
+
+    [Fact]
+    public void Format_ShorterThanTag_ArgumentExceptionNamingCiphertext()
+    {
+        var e = Assert.Throws<ArgumentException>(() => CiphertextBlob.Format(KeyVersionId.NewId(), new byte[12], new byte[CiphertextBlob.TagLength - 1]));
+        Assert.Equal("ciphertextAndTag", e.ParamName);
+    }
+
     [Fact]
     public void Format_LaysOutHeaderIvCiphertextTag()
     {

@@ -37,6 +37,35 @@ public sealed class EncryptionContextTests
     }
 
     [Fact]
+    public void Create_KeyAtTheLimit_AcceptedAndOneByteMore_InvalidArgumentNamingField()
+    {
+        var longest = new string('k', Limits.MaxContextKeyBytes);
+        Assert.Equal(1, EncryptionContext.Create(new Dictionary<string, string> { [longest] = "v" }).Count);
+
+        var e = Assert.Throws<KmsException>(() => EncryptionContext.Create(new Dictionary<string, string> { [longest + "k"] = "v" }));
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.Equal("encryption_context", e.Field);
+    }
+
+    [Fact]
+    public void Create_ValueAtTheLimit_Accepted()
+    {
+        var longest = new string('v', Limits.MaxContextValueBytes);
+        var context = EncryptionContext.Create(new Dictionary<string, string> { ["k"] = longest });
+        Assert.Equal(longest, context.Entries["k"]);
+    }
+
+    [Fact]
+    public void Create_SameKeyTwice_InvalidArgumentNamingField()
+    {
+        // A map cannot hold a key twice, but a list of pairs can: two entries under one key
+        // would be an encoding the reader refuses (and which value is meant?), so Create refuses it.
+        var e = Assert.Throws<KmsException>(() => EncryptionContext.Create([new("k", "1"), new("k", "2")]));
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.Equal("encryption_context", e.Field);
+    }
+
+    [Fact]
     public void Create_TooManyEntries_InvalidArgument()
     {
         var entries = Enumerable.Range(0, Limits.MaxContextEntries + 1).ToDictionary(i => $"k{i}", i => "v");
