@@ -126,7 +126,8 @@ public static class CliRun
     public static Process Start(IReadOnlyDictionary<string, string> variables, string home, params string[] args) =>
         Start(variables, home, null, args);
 
-    private static Process Start(IReadOnlyDictionary<string, string> variables, string home, string? shellSetup, string[] args)
+    /// <summary>As <see cref="Start(IReadOnlyDictionary{string, string}, string, string[])"/>, started by <c>bash</c> after <paramref name="shellSetup"/> (see <see cref="ProcessInShellAsync"/>).</summary>
+    public static Process Start(IReadOnlyDictionary<string, string> variables, string home, string? shellSetup, string[] args)
     {
         var start = new ProcessStartInfo(shellSetup is null ? "dotnet" : "bash")
         {

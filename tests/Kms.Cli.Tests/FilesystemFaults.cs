@@ -10,15 +10,16 @@ internal static class FilesystemFaults
     /// Runs a ceremony (<c>kms ARGS</c> in <paramref name="directory"/>) whose <c>--pin-file</c> is a
     /// FIFO (in place of the one ARGS give, if any) fed from <paramref name="pinFile"/>: once
     /// it opens the FIFO (its paths probed, its PIN next), <paramref name="meanwhile"/> runs, then
-    /// the PIN is written and the run goes on.
+    /// the PIN is written and the run goes on. <paramref name="shellSetup"/>: as
+    /// <see cref="CliRun.ProcessInShellAsync"/>'s (e.g. <see cref="FailingUnlink"/>).
     /// </summary>
-    public static async Task<CliResult> WithPinOnAFifoAsync(string directory, string pinFile, string[] args, Func<Task> meanwhile)
+    public static async Task<CliResult> WithPinOnAFifoAsync(string directory, string pinFile, string[] args, Func<Task> meanwhile, string? shellSetup = null)
     {
         var fifo = Path.Combine(directory, "pin.fifo");
         File.Delete(fifo);
         await ToolAsync("mkfifo", fifo);
         var pinAt = Array.IndexOf(args, "--pin-file");
-        using var process = CliRun.Start(new Dictionary<string, string>(), directory,
+        using var process = CliRun.Start(new Dictionary<string, string>(), directory, shellSetup,
             pinAt < 0 ? [.. args, "--pin-file", fifo] : [.. args.Select((a, i) => i == pinAt + 1 ? fifo : a)]);
         var output = process.StandardOutput.ReadToEndAsync();
         var error = process.StandardError.ReadToEndAsync();
@@ -45,6 +46,19 @@ internal static class FilesystemFaults
         await exited.WaitAsync(TimeSpan.FromMinutes(2));
         return new CliResult(process.ExitCode, await output, await error);
     }
+
+    /// <summary>
+    /// A shell set-up (<see cref="CliRun.ProcessInShellAsync"/>) that runs the command under
+    /// strace(1), every call of <paramref name="syscalls"/> on <paramref name="path"/> (by name or
+    /// through a descriptor of it), and only on it, failing with <paramref name="error"/> (an errno
+    /// name): a failure where the test says, whatever the filesystem. Only those system calls stop
+    /// the process (seccomp-bpf). strace missing fails the run, never skips it.
+    /// </summary>
+    public static string Failing(string path, string syscalls, string error) =>
+        $"exec strace -f -qq -o /dev/null --seccomp-bpf -P '{path}' -e trace={syscalls} -e inject={syscalls}:error={error} -- dotnet \"$@\"";
+
+    /// <summary><see cref="Failing"/>: a deletion of <paramref name="path"/> refused (EACCES).</summary>
+    public static string FailingUnlink(string path) => Failing(path, "unlink,unlinkat", "EACCES");
 
     // Fills the filesystem at mount but for spare pages of 4 KiB (tmpfs allocates by the page).
     public static async Task FillAsync(string mount, int spare)

@@ -84,6 +84,9 @@ internal sealed class DeploymentDatabaseTarget(string? sqlitePath, PostgresOptio
     /// <summary>The SQLite database of a data directory, <c>{dataDir}/kms.db</c>.</summary>
     public static DeploymentDatabaseTarget SqliteIn(string dataDir) => new(Path.Combine(Path.GetFullPath(dataDir), "kms.db"), null);
 
+    /// <summary>The SQLite file, or null for PostgreSQL.</summary>
+    public string? SqlitePath => sqlitePath;
+
     /// <summary>Whether it is the deployment's PostgreSQL database.</summary>
     public bool IsPostgres => postgres is not null;
 

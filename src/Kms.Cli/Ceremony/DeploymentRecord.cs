@@ -158,6 +158,31 @@ internal sealed class DeploymentRecord : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Tells <paramref name="files"/> what a record opened on <paramref name="dataDir"/> may
+    /// write there where nothing is yet: the data directory and <c>audit/</c>, the SQLite database
+    /// and its journals (not PostgreSQL's), the published audit key, the shipped checkpoints and
+    /// the head the ceremony leaves. For a ceremony that takes back what its run wrote.
+    /// </summary>
+    public static void WillWrite(RunFiles files, string dataDir, DeploymentDatabaseTarget database)
+    {
+        ArgumentNullException.ThrowIfNull(files);
+        ArgumentNullException.ThrowIfNull(database);
+        var audit = Path.Combine(Path.GetFullPath(dataDir), "audit");
+        files.WillCreateDirectory(audit);
+        if (database.SqlitePath is { } sqlite)
+        {
+            foreach (var suffix in new[] { "", "-journal", "-wal", "-shm" })
+            {
+                files.WillWrite(sqlite + suffix);
+            }
+        }
+
+        files.WillWrite(Path.Combine(audit, "signing-key.pem"));
+        files.WillWrite(Path.Combine(audit, "checkpoints.jsonl"));
+        files.WillWrite(Path.Combine(audit, SeenHead.FileName));
+    }
+
     /// <summary>A public key as PEM (<c>PUBLIC KEY</c>, SubjectPublicKeyInfo).</summary>
     public static string PublicKeyPem(byte[] subjectPublicKeyInfo) => new string(PemEncoding.Write("PUBLIC KEY", subjectPublicKeyInfo)) + "\n";
 

@@ -362,8 +362,31 @@ internal static partial class CeremonyCommands
             }
 
             ctx.Step("record the rotation", restoreOptions.TokenLabel);
-            var result = await RecordAsync(ctx, dir, target, restoreOptions, productionPin, ceremonyId, "rotate-domain", transcript,
-                [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{newId}/kcv/{newKcv}/previous/{pinned}", ct, approved);
+            Recorded result;
+            var writing = "";
+            try
+            {
+                result = await RecordAsync(ctx, dir, target, restoreOptions, productionPin, ceremonyId, "rotate-domain", transcript,
+                    [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint))], $"domain/{newId}/kcv/{newKcv}/previous/{pinned}", ct, approved, what => writing = what);
+            }
+            catch (Exception e)
+            {
+                // Past the point of no return: nothing is taken back (the database is under the new
+                // key, which only that token holds). The line says so, and what the officers do next.
+                if (RecordWriteFailure("the rotation's record", writing, dir, target, e) is { } failure)
+                {
+                    var shareFiles = resumeFiles.Count > 0 ? "the new share files given with --new-share" : $"the new share files in {Path.GetDirectoryName(written[0].File)}";
+                    throw new CliFailureException(failure.ExitCode,
+                        $"{failure.Message}; the rotation itself is done: every stored key is re-wrapped under domain key {newId} (check value {newKcv}), the database is pinned to it, "
+                        + $"the rotation token '{rotationOptions.TokenLabel}' was wiped and token '{restoreOptions.TokenLabel}' holds the new key — keep it and {shareFiles}; "
+                        + $"only the record is missing (the audit log may hold this ceremony's ({ceremonyId}) first events, no transcript was signed): once {dir} takes files again, "
+                        + $"record it with kms ceremony restore-domain --without-approval --check-value {newKcv} --data-dir {dir} and M of the new shares into another freshly initialised token "
+                        + $"(docs/ceremony.md §8); servers start on token '{restoreOptions.TokenLabel}' with --Hsm:DomainKeyId={newId}", e);
+                }
+
+                throw;
+            }
+
             var json = new JsonObject
             {
                 ["domain_id"] = newId,

@@ -174,9 +174,13 @@ internal static partial class CeremonyCommands
             // directory is created and a file written there and deleted again (before, a shares
             // directory that existed but took no file was found at the first share file, after the
             // import, and the key was destroyed again).
-            var filesBefore = FilesIn(deploymentDir);
+            // What this run creates is tracked from here, so that a failure takes back exactly
+            // that: never a file another process put there meanwhile.
+            var runFiles = new RunFiles();
+            runFiles.WillCreateDirectory(Path.GetDirectoryName(genesisPath)!);
             LocalPath.CreateDirectory(ctx.Environment, Path.GetDirectoryName(genesisPath)!);
             LocalPath.WritableDirectory(ctx.Environment, deploymentDir, "--data-dir");
+            runFiles.WillCreateDirectory(ctx.Environment.FullPath(parse.GetRequiredValue(sharesDir)));
             var outDir = LocalPath.WritableDirectory(ctx.Environment, parse.GetRequiredValue(sharesDir), "--shares-dir");
             RefuseShareFilesIn(outDir, "--shares-dir", "move them away, or give another --shares-dir");
 
@@ -215,19 +219,30 @@ internal static partial class CeremonyCommands
                 {
                     // All or nothing: a domain key whose shares were not all written is no domain key.
                     // (Only the one this run imported: a refused import leaves the token as it was.)
-                    if (imported)
+                    // What cannot be taken back is said with the failure, never in its place: before,
+                    // a share file that could not be deleted was the error reported, not why the run failed.
+                    List<string> left = [];
+                    if (imported && DestroyDomainKeyOrSay(session, hsmOptions, id) is { } kept)
                     {
-                        session.DestroyDomainKey(hsmOptions.DomainKeyLabel, id);
+                        left.Add(kept);
                     }
 
                     foreach (var (_, _, path, _) in written)
                     {
-                        File.Delete(path);
+                        runFiles.Wrote(path);
                     }
 
+                    left.AddRange(runFiles.TakeBack());
                     if (e is CliFailureException { ExitCode: ExitCodes.LocalIo } io)
                     {
-                        throw new CliFailureException(io.ExitCode, $"{io.Message}; {(imported ? "the domain key this run imported was destroyed again and " : "")}the share files written were deleted: nothing was kept, run the command again", e);
+                        throw new CliFailureException(io.ExitCode, left.Count == 0
+                            ? $"{io.Message}; {(imported ? "the domain key this run imported was destroyed again and " : "")}the share files written were deleted: nothing was kept, run the command again"
+                            : $"{io.Message}; this run was taken back except: {string.Join("; ", left)} — then run the command again", e);
+                    }
+
+                    foreach (var note in left)
+                    {
+                        ctx.Output.Note($"not taken back: {note}");
                     }
 
                     throw;
@@ -267,6 +282,7 @@ internal static partial class CeremonyCommands
             {
                 // The genesis officer set: pinned by the server (Kms:Quorum:GenesisFile and its hash),
                 // recorded here so a database writer cannot install officers of their own.
+                runFiles.WillWrite(genesisPath);
                 GenesisFile.Write(genesisPath, genesis);
                 transcript.Add("officer set (genesis)", $"threshold {genesis.Threshold} of {genesis.Officers.Count}, hash {genesis.Hash}, file {genesisPath}");
                 foreach (var officer in genesis.Officers)
@@ -276,18 +292,28 @@ internal static partial class CeremonyCommands
 
                 result = await RecordAsync(ctx, parse.GetRequiredValue(dataDir), target, hsmOptions, pin, ceremonyId, "create-domain", transcript,
                     [.. written.Select(w => ($"share/{w.Index}/{w.Custodian}", w.Fingerprint)), .. genesis.Officers.Select(o => ($"officer/{o.Name}", o.Fingerprint)), ("officer-set/genesis", genesis.Hash)],
-                    $"domain/{id}/kcv/{kcv}", ct, writing: what => writing = what);
+                    $"domain/{id}/kcv/{kcv}", ct, writing: what => writing = what, files: runFiles);
             }
             catch (Exception e)
             {
-                // Still all or nothing: the data directory held no deployment when this run began,
-                // so what it holds now is this run's. A PostgreSQL database keeps what was written.
-                var left = UndoCreateDomain(hsmOptions, pin, id, [.. written.Select(w => w.File)], deploymentDir, filesBefore, target.IsPostgres);
+                // Said as what the filesystem refused, found out before anything is deleted (a
+                // deletion frees the room whose lack it may have to tell).
+                var failure = RecordWriteFailure("the ceremony's record", writing, deploymentDir, target, e);
+
+                // Still all or nothing: what this run wrote is taken back — its files, not a file
+                // another process put in the data directory meanwhile. A PostgreSQL database keeps
+                // what was written.
+                foreach (var (_, _, path, _) in written)
+                {
+                    runFiles.Wrote(path);
+                }
+
+                var left = UndoCreateDomain(hsmOptions, pin, id, runFiles, target.IsPostgres);
 
                 // A record the filesystem refused (full, read-only, not writable) is said in one
                 // line, as a share file's is — not in .NET's words, which name a temporary file —
                 // with what this run left behind, which the officers must know before they go on.
-                if (RecordWriteFailure(writing, deploymentDir, target, e) is { } failure)
+                if (failure is not null)
                 {
                     throw new CliFailureException(failure.ExitCode, $"{failure.Message}; {AfterUndo(id, hsmOptions.TokenLabel, left)}", e);
                 }
@@ -502,18 +528,28 @@ internal static partial class CeremonyCommands
             {
                 Recorded result;
                 ctx.Step("record the restore", hsmOptions.TokenLabel);
+                var writing = "";
                 try
                 {
                     result = await RecordAsync(ctx, dir, target, hsmOptions, pin, ceremonyId, "restore-domain", transcript,
-                        [.. files.Select(f => ($"share/{f.Index}/{f.Custodian}", f.Fingerprint))], $"domain/{id}/kcv/{kcv}/token/{hsmOptions.TokenLabel}", ct, approved);
+                        [.. files.Select(f => ($"share/{f.Index}/{f.Custodian}", f.Fingerprint))], $"domain/{id}/kcv/{kcv}/token/{hsmOptions.TokenLabel}", ct, approved, what => writing = what);
                 }
-                catch
+                catch (Exception e)
                 {
                     // A restore is recorded or not done: no key serves from this token unrecorded.
                     // The record may have begun (events appended before the failure): it says
                     // the restore started, and this says it was taken back.
-                    DestroyImportedKey(ctx, hsmOptions, pin, id);
-                    ctx.Output.Note($"the restore could not be recorded, so the key was taken out of token '{hsmOptions.TokenLabel}' again; the audit log may hold this ceremony's ({ceremonyId}) first events without its transcript");
+                    var failure = RecordWriteFailure("the restore's record", writing, ctx.Environment.FullPath(dir), target, e);
+                    var kept = DestroyImportedKey(hsmOptions, pin, id);
+                    var state = (kept is null ? $"the domain key {id} was taken out of token '{hsmOptions.TokenLabel}' again: nothing was restored" : $"nothing was restored, but {kept}")
+                        + $"; the audit log may hold this ceremony's ({ceremonyId}) first events without its transcript";
+                    if (failure is not null)
+                    {
+                        // One line, as create-domain's: what was being written, where, why, and what is left.
+                        throw new CliFailureException(failure.ExitCode, $"{failure.Message}; {state}; once {ctx.Environment.FullPath(dir)} takes files again, run the command again", e);
+                    }
+
+                    ctx.Output.Note($"the restore could not be recorded: {state}");
                     throw;
                 }
 
@@ -767,17 +803,12 @@ internal static partial class CeremonyCommands
         }
     }
 
-    // The files under the data directory now: what a failed create-domain may delete is only
-    // what was not there before it.
-    private static HashSet<string> FilesIn(string directory) => Directory.Exists(directory)
-        ? Directory.GetFiles(directory, "*", SearchOption.AllDirectories).ToHashSet(StringComparer.Ordinal)
-        : [];
-
     // Takes back a create-domain that failed after its key was imported and its shares written:
-    // the key, the share files, and every file the run put in the data directory (the database,
-    // the genesis, the published audit key, a transcript). What cannot be taken back is returned,
-    // each as what to do about it, to be said, not hidden behind the failure that is rethrown.
-    private static List<string> UndoCreateDomain(HsmOptions hsmOptions, Secret pin, string id, IReadOnlyList<string> shareFiles, string deploymentDir, HashSet<string> before, bool postgres)
+    // the key, and what the run wrote (RunFiles: the share files, and in the data directory the
+    // database, the genesis, the published audit key, a transcript, and the directories it made,
+    // if nothing else is in them). What cannot be taken back is returned, each as what to do about
+    // it, to be said, not hidden behind the failure that is rethrown.
+    private static List<string> UndoCreateDomain(HsmOptions hsmOptions, Secret pin, string id, RunFiles files, bool postgres)
     {
         List<string> left = [];
         if (DestroyImportedKey(hsmOptions, pin, id) is { } kept)
@@ -785,19 +816,7 @@ internal static partial class CeremonyCommands
             left.Add(kept);
         }
 
-        string[] written = [.. shareFiles, .. FilesIn(deploymentDir).Where(f => !before.Contains(f))];
-        foreach (var file in written)
-        {
-            try
-            {
-                File.Delete(file);
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                left.Add($"{file} could not be deleted ({e.GetType().Name}): delete it before running again");
-            }
-        }
-
+        left.AddRange(files.TakeBack());
         if (postgres)
         {
             left.Add("the deployment database may hold this run's records: empty it before running again");
@@ -812,21 +831,45 @@ internal static partial class CeremonyCommands
         : $"this run was taken back except: {string.Join("; ", left)} — then run the command again";
 
     /// <summary>
-    /// The one-line failure of a ceremony's record that the filesystem or the SQLite database
-    /// refused (<paramref name="writing"/>: what was being written in <paramref name="dataDir"/>):
-    /// permission denied, a read-only or a full filesystem, as <see cref="LocalPath.WriteFailure"/>
-    /// says them; null for any other failure, whose own message stands.
+    /// The one-line failure of a ceremony's <paramref name="record"/> ("the ceremony's record")
+    /// that the filesystem or the SQLite database refused (<paramref name="writing"/>: what was
+    /// being written in <paramref name="dataDir"/>): permission denied, a read-only or a full
+    /// filesystem, as <see cref="LocalPath.WriteFailure"/> says them; null for any other failure,
+    /// whose own message stands. Called before anything is taken back: a deletion frees the room
+    /// whose lack the probe below may have to find.
     /// </summary>
-    private static CliFailureException? RecordWriteFailure(string writing, string dataDir, DeploymentDatabaseTarget database, Exception exception) => exception switch
+    /// <remarks>
+    /// SQLite says ENOSPC as SQLITE_FULL, but keeps the operating system's cause of SQLITE_IOERR
+    /// ("disk I/O error": e.g. a page of the WAL's index or a journal that could not be extended on
+    /// a nearly full filesystem), SQLITE_READONLY and SQLITE_CANTOPEN (a new database on a
+    /// read-only filesystem) to itself. For those a probe file is written in
+    /// <paramref name="dataDir"/> now: a full or read-only filesystem, or a permission denied, that
+    /// it meets is said as above; an I/O error the probe does not explain is said as one ("disk I/O
+    /// error writing the database …"), exit 9 too — a local file that could not be written, not an
+    /// unexpected error (exit 1, as it was).
+    /// </remarks>
+    private static CliFailureException? RecordWriteFailure(string record, string writing, string dataDir, DeploymentDatabaseTarget database, Exception exception)
     {
-        IOException or UnauthorizedAccessException => LocalPath.WriteFailure($"the ceremony's record ({writing})", dataDir, exception),
-        // SQLITE_FULL (13): SQLite's own word for ENOSPC on the database, its journal or its WAL.
-        Microsoft.Data.Sqlite.SqliteException { SqliteErrorCode: SqliteFull } when !database.IsPostgres =>
-            new(ExitCodes.LocalIo, $"cannot write the ceremony's record ({writing}): no space left on the filesystem holding {dataDir}", exception),
-        _ => null,
-    };
+        var named = $"{record} ({writing})";
+        return exception switch
+        {
+            IOException or UnauthorizedAccessException => LocalPath.WriteFailure(named, dataDir, exception),
+            Microsoft.Data.Sqlite.SqliteException { SqliteErrorCode: SqliteFull } when !database.IsPostgres =>
+                new(ExitCodes.LocalIo, $"cannot write {named}: no space left on the filesystem holding {dataDir}", exception),
+            Microsoft.Data.Sqlite.SqliteException { SqliteErrorCode: SqliteIoError or SqliteReadOnly or SqliteCannotOpen } sqlite when !database.IsPostgres =>
+                (LocalPath.ProbeFailure(dataDir) is { } cause ? LocalPath.WriteFailure(named, dataDir, cause) : null)
+                    ?? (sqlite.SqliteErrorCode == SqliteIoError
+                        ? new(ExitCodes.LocalIo, $"cannot write {named}: disk I/O error writing the database {database.Describe()} (SQLITE_IOERR)", exception)
+                        : null),
+            _ => null,
+        };
+    }
 
+    // SQLite's primary result codes.
+    private const int SqliteReadOnly = 8;
+    private const int SqliteIoError = 10;
     private const int SqliteFull = 13;
+    private const int SqliteCannotOpen = 14;
 
     // A domain key this run imported and cannot record is taken out of the token again; what to
     // do when it cannot be, or null.
@@ -844,22 +887,34 @@ internal static partial class CeremonyCommands
         }
     }
 
-    // As above, for restore-domain, which says it on standard error.
-    private static void DestroyImportedKey(CliContext ctx, HsmOptions hsmOptions, Secret pin, string id)
+    // As above, through the session the key was imported in.
+    private static string? DestroyDomainKeyOrSay(HsmCeremonySession session, HsmOptions hsmOptions, string id)
     {
-        if (DestroyImportedKey(hsmOptions, pin, id) is { } kept)
+        try
         {
-            ctx.Output.Note(kept);
+            session.DestroyDomainKey(hsmOptions.DomainKeyLabel, id);
+            return null;
+        }
+        catch (HsmConfigurationException e)
+        {
+            return $"the domain key {id} could not be destroyed in token '{hsmOptions.TokenLabel}' ({e.GetType().Name}): destroy it before running again";
         }
     }
 
     /// <summary>Appends the steps to the deployment's audit chain, signs the transcript with the audit key, checkpoints.</summary>
     private static async Task<Recorded> RecordAsync(
         CliContext ctx, string dataDir, DeploymentDatabaseTarget database, HsmOptions hsmOptions, Secret pin, string ceremonyId, string operation, Transcript transcript,
-        IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null, Action<string>? writing = null)
+        IReadOnlyList<(string Resource, string Fingerprint)> shares, string domainResource, CancellationToken ct, CeremonyApprovalOutcome? approval = null, Action<string>? writing = null,
+        RunFiles? files = null)
     {
-        // What is being written, for a failure's message (create-domain's).
+        // What is being written, for a failure's message; and (create-domain's) what this run
+        // writes where nothing was, for its take-back.
         writing?.Invoke($"the deployment database {database.Describe()} and the audit key in {Path.Combine(Path.GetFullPath(dataDir), "audit")}");
+        if (files is not null)
+        {
+            DeploymentRecord.WillWrite(files, dataDir, database);
+        }
+
         await using var record = await DeploymentRecord.OpenAsync(dataDir, database, hsmOptions, pin.ToUtf8(), ctx.Output.Note, ct, ctx.Log);
         await record.AppendAsync(ceremonyId, operation, domainResource, ct);
         foreach (var resource in approval?.AuditResources() ?? [])
@@ -877,6 +932,9 @@ internal static partial class CeremonyCommands
         var content = transcript.ToBytes();
         var path = Path.Combine(Path.GetFullPath(dataDir), "ceremonies", $"{DateTime.UtcNow:yyyyMMddTHHmmssZ}-{operation}-{ceremonyId[..8]}.txt");
         writing?.Invoke($"the transcript {path}");
+        files?.WillCreateDirectory(Path.GetDirectoryName(path)!);
+        files?.WillWrite(path);
+        files?.WillWrite(path + ".sig");
         DurableFile.CreateDirectory(Path.GetDirectoryName(path)!);
         var signature = await record.SignAsync(Transcript.Kind, content, ct);
         await Transcript.WriteAsync(path, content, record.AuditKeyFingerprint, signature, ct);

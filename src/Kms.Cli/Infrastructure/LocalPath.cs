@@ -204,14 +204,34 @@ internal static partial class LocalPath
 
     private static void ProbeWritableNamed(string path, string named)
     {
-        var probe = Path.Combine(path, $".kms-write-check-{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8))}");
+        if (ProbeFailure(path) is { } exception)
+        {
+            // One the filesystem refused is said as such; any other as it was thrown.
+            if (WriteFailure(named, path, exception) is { } failure)
+            {
+                throw failure;
+            }
+
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(exception);
+        }
+    }
+
+    /// <summary>
+    /// What refuses a file written in <paramref name="directory"/> now (the probe of
+    /// <see cref="WritableDirectory"/>, deleted again), or null when it took one: for a failure
+    /// whose own words do not say the operating system's cause (SQLite's "disk I/O error").
+    /// </summary>
+    public static Exception? ProbeFailure(string directory)
+    {
+        var probe = Path.Combine(directory, $".kms-write-check-{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8))}");
         try
         {
             Kms.Core.Files.DurableFile.Write(probe, [0], Kms.Core.Files.DurableFile.OwnerOnly, overwrite: false);
+            return null;
         }
-        catch (Exception exception) when (WriteFailure(named, path, exception) is { } failure)
+        catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
         {
-            throw failure;
+            return exception;
         }
         finally
         {
@@ -221,7 +241,7 @@ internal static partial class LocalPath
             }
             catch (Exception exception) when (exception is IOException or UnauthorizedAccessException)
             {
-                // Not written, or the failure above says why.
+                // Not written, or the failure returned says why.
             }
         }
     }
