@@ -191,6 +191,23 @@ public sealed class AccessTests : IDisposable
     }
 
     [Fact]
+    public async Task CreateGrant_MalformedContextConstraint_OnAKeyWithoutPolicy_InvalidArgumentNamingTheField_NotTheKeysState()
+    {
+        // The request's own fields are judged before the key's state: a malformed constraint was
+        // answered FAILED_PRECONDITION "has no policy" on a key without one, and the caller who set
+        // a policy then learnt only at the second try that the grant itself was wrong.
+        var key = await _harness.CreateKeyAsync("grant-no-policy");
+        await _harness.Access.CreatePrincipalAsync(PrincipalName.Token("reader"), DomainHarness.Dev.Tenant, null, default);
+        var tooLongKey = new Dictionary<string, string> { [new string('k', 257)] = "42" };
+
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.KeyAccess.CreateGrantAsync(DomainHarness.Dev, key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, tooLongKey, default));
+
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.StartsWith("grant.context_equals: ", e.Message, StringComparison.Ordinal);
+        Assert.Empty(await _harness.AccessStore.ListGrantsAsync(key.Name, includeRevoked: true, default));
+    }
+
+    [Fact]
     public async Task CreateGrant_ForAnOperationTheKeysPurposeHasNoUseFor_OrAContextItsCallsNeverCarry_InvalidArgument_NothingStored()
     {
         // Such grants were stored and could never apply: SIGN on an AES key, ENCRYPT on a signing

@@ -116,6 +116,9 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
             throw KmsErrors.InvalidArgument("grant.context_equals", $"a key of purpose {KeyAlgorithms.PurposeName(stored.Purpose)} is used without an encryption context (only ENCRYPT_DECRYPT keys take one), so a grant constraining it could never apply");
         }
 
+        // The request's own fields before the key's and tenant's state (FAILED_PRECONDITION below).
+        var constraint = EncryptionContext.Create(contextEquals, "grant.context_equals").Entries;
+
         // Judged again by the store, in the grant's write: a deletion scheduled after this read is seen there.
         KeyTransitions.EnsureGrantable(stored.Name, stored.State);
 
@@ -133,7 +136,6 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
             throw KmsErrors.FailedPrecondition($"key {key} has no policy, so every key-user of its tenant may use it and a grant would narrow nothing; set a key policy first");
         }
 
-        var constraint = EncryptionContext.Create(contextEquals, "grant.context_equals").Entries;
         if ((await access.ListGrantsAsync(key, includeRevoked: false, cancellationToken)).Count >= MaxEntries)
         {
             throw KmsErrors.FailedPrecondition($"key {key} has {MaxEntries} active grants already; revoke some first");
