@@ -108,9 +108,20 @@ public sealed partial class KmsClient
         return await Access.CreateApiTokenAsync(request, Options(cancellationToken)).ConfigureAwait(false);
     }
 
-    /// <summary>A principal's tokens, newest first, without their secrets.</summary>
-    public async Task<IReadOnlyList<ApiTokenInfo>> ListApiTokensAsync(string principal, CancellationToken cancellationToken = default) =>
-        (await Access.ListApiTokensAsync(new ListApiTokensRequest { Principal = principal }, Options(cancellationToken)).ConfigureAwait(false)).Tokens;
+    /// <summary>
+    /// A principal's tokens, revoked and expired ones too, newest first, without their secrets,
+    /// fetched page by page as the enumeration proceeds (<paramref name="pageSize"/> 0: the server's
+    /// default, 1000).
+    /// </summary>
+    public IAsyncEnumerable<ApiTokenInfo> ListApiTokensAsync(string principal, int pageSize = 0, CancellationToken cancellationToken = default) =>
+        PagesAsync<ApiTokenInfo>(
+            async (token, ct) =>
+            {
+                var page = await Access.ListApiTokensAsync(
+                    new ListApiTokensRequest { Principal = principal, PageSize = pageSize, PageToken = token }, Options(ct)).ConfigureAwait(false);
+                return (page.Tokens, page.NextPageToken);
+            },
+            cancellationToken);
 
     /// <summary>Revokes a token (by its id) at once.</summary>
     public async Task RevokeApiTokenAsync(string tokenId, CancellationToken cancellationToken = default) =>
@@ -128,9 +139,20 @@ public sealed partial class KmsClient
             new DeleteRoleBindingRequest { Principal = principal, Role = role, Tenant = tenantName ?? "" },
             Options(cancellationToken)).ConfigureAwait(false);
 
-    /// <summary>The role bindings of a tenant (deployment-wide ones when null), for access reviews.</summary>
-    public async Task<IReadOnlyList<RoleBindingInfo>> ListRoleBindingsAsync(string? tenantName = null, CancellationToken cancellationToken = default) =>
-        (await Access.ListRoleBindingsAsync(new ListRoleBindingsRequest { Tenant = tenantName ?? "" }, Options(cancellationToken)).ConfigureAwait(false)).Bindings;
+    /// <summary>
+    /// The role bindings of a tenant (deployment-wide ones when null), for access reviews, in
+    /// principal order, fetched page by page as the enumeration proceeds (<paramref name="pageSize"/>
+    /// 0: the server's default, 1000).
+    /// </summary>
+    public IAsyncEnumerable<RoleBindingInfo> ListRoleBindingsAsync(string? tenantName = null, int pageSize = 0, CancellationToken cancellationToken = default) =>
+        PagesAsync<RoleBindingInfo>(
+            async (token, ct) =>
+            {
+                var page = await Access.ListRoleBindingsAsync(
+                    new ListRoleBindingsRequest { Tenant = tenantName ?? "", PageSize = pageSize, PageToken = token }, Options(ct)).ConfigureAwait(false);
+                return (page.Bindings, page.NextPageToken);
+            },
+            cancellationToken);
 
     /// <summary>
     /// Registers the first deployment admin, with the one-time bootstrap credential as this

@@ -18,9 +18,18 @@ public sealed partial class KmsClient
     public async Task<KeyGrant> CreateGrantAsync(string keyName, KeyGrant grant, CancellationToken cancellationToken = default) =>
         (await _stub.CreateGrantAsync(new CreateGrantRequest { Parent = keyName, Grant = grant }, Options(cancellationToken)).ConfigureAwait(false)).Grant;
 
-    /// <summary>A key's active grants.</summary>
-    public async Task<IReadOnlyList<KeyGrant>> ListGrantsAsync(string keyName, CancellationToken cancellationToken = default) =>
-        (await _stub.ListGrantsAsync(new ListGrantsRequest { Parent = keyName }, Options(cancellationToken)).ConfigureAwait(false)).Grants;
+    /// <summary>
+    /// A key's active grants, oldest first, fetched page by page as the enumeration proceeds
+    /// (<paramref name="pageSize"/> 0: the server's default, 1000).
+    /// </summary>
+    public IAsyncEnumerable<KeyGrant> ListGrantsAsync(string keyName, int pageSize = 0, CancellationToken cancellationToken = default) =>
+        PagesAsync<KeyGrant>(
+            async (token, ct) =>
+            {
+                var page = await _stub.ListGrantsAsync(new ListGrantsRequest { Parent = keyName, PageSize = pageSize, PageToken = token }, Options(ct)).ConfigureAwait(false);
+                return (page.Grants, page.NextPageToken);
+            },
+            cancellationToken);
 
     /// <summary>Revokes a grant (<c>tenants/{t}/keys/{k}/grants/{id}</c>) at once.</summary>
     /// <remarks>Revoking a revoked grant succeeds, so a call sent again after its answer was lost is answered OK.</remarks>

@@ -30,6 +30,14 @@ public static class Limits
     /// <summary>Largest page size of List RPCs.</summary>
     public const int MaxPageSize = 1000;
 
+    /// <summary>
+    /// Default page size of the List RPCs that answered everything in one message before they
+    /// were paged (ListApiTokens, ListRoleBindings, ListGrants): the largest, so a client from
+    /// before, which sends no page_size and reads no next_page_token, still gets whole lists of
+    /// up to this many.
+    /// </summary>
+    public const int FormerlyUnpagedDefaultPageSize = MaxPageSize;
+
     /// <summary>Most labels on a key.</summary>
     public const int MaxLabels = 64;
 

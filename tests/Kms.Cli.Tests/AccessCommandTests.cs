@@ -1,5 +1,11 @@
+using System.Globalization;
+using System.Security.Cryptography;
 using System.Text.Json;
 using Kms.Cli.Infrastructure;
+using Kms.Core.Access;
+using Kms.Core.Names;
+using Kms.Core.Ports;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Kms.Cli.Tests;
 
@@ -80,6 +86,50 @@ public sealed class AccessCommandTests(CliServerFixture fixture) : IClassFixture
         Assert.Contains("not standard output", dash.Error, StringComparison.Ordinal);
         Assert.Equal("keep me", await File.ReadAllTextAsync(Path.Combine(_directory, "taken")));
         Assert.Empty((await AdminJsonAsync("tokens", "list", principal)).GetProperty("tokens").EnumerateArray());
+    }
+
+    [Fact]
+    public async Task TokensListAndRolesList_MoreThanAPage_EveryPageFetched()
+    {
+        // More than the server's default (and largest) page of 1000: the CLI pages through them
+        // all, rather than showing the first page as if it were the whole list.
+        var id = $"p{Guid.NewGuid():N}"[..20];
+        var principal = $"token:{id}";
+        await AdminJsonAsync("tenants", "create", id);
+        await AdminJsonAsync("principals", "create", principal, "--tenant", id);
+        var store = fixture.Server.Services.GetRequiredService<IAccessStore>();
+        var name = PrincipalName.Parse(principal, "principal");
+        var tenant = TenantId.Parse(id);
+        var created = DateTimeOffset.UnixEpoch.AddYears(50);
+        var idBase = RandomNumberGenerator.GetInt32(1 << 24) * 4096L;
+        var tokens = new HashSet<string>(StringComparer.Ordinal);
+        for (var i = 0; i < 1050; i++)
+        {
+            var tokenId = (idBase + i).ToString("x16", CultureInfo.InvariantCulture);
+            await store.CreateApiTokenAsync(new ApiToken(tokenId, name, ApiTokenKind.Service, RandomNumberGenerator.GetBytes(32), created.AddSeconds(i / 2), created.AddDays(1)), default);
+            if (i % 3 == 0)
+            {
+                await store.RevokeApiTokenAsync(tokenId, created.AddHours(1), default);
+            }
+
+            tokens.Add(tokenId);
+        }
+
+        for (var i = 0; i < 505; i++)
+        {
+            foreach (var role in new[] { Role.KeyUser, Role.Auditor })
+            {
+                await store.SetRoleBindingAsync(new RoleBinding(PrincipalName.Token($"{id}-{i:D3}"), role, tenant, created), default);
+            }
+        }
+
+        var listed = (await AdminJsonAsync("tokens", "list", principal)).GetProperty("tokens").EnumerateArray().Select(t => t.GetProperty("id").GetString()!).ToList();
+        Assert.Equal(1050, listed.Count);
+        Assert.True(tokens.SetEquals(listed));
+        var bindings = (await AdminJsonAsync("roles", "list", "--tenant", id)).GetProperty("bindings").EnumerateArray()
+            .Select(b => (b.GetProperty("principal").GetString(), b.GetProperty("role").GetString())).ToList();
+        Assert.Equal(1010, bindings.Distinct().Count());
+        Assert.Equal(1010, bindings.Count);
     }
 
     [Fact]

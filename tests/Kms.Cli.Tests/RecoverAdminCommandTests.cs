@@ -104,7 +104,7 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(sessionPath));
         using (var admin = _server.CreateClient(session))
         {
-            Assert.Contains(await admin.ListRoleBindingsAsync(), b => b.Principal == "token:recovered-admin" && b.Role == "deployment-admin");
+            Assert.Contains(await admin.ListRoleBindingsAsync().ToListAsync(), b => b.Principal == "token:recovered-admin" && b.Role == "deployment-admin");
         }
 
         // Used up: a second run is refused by the server.
@@ -172,7 +172,7 @@ public sealed class RecoverAdminCommandTests : IAsyncLifetime, IDisposable
         // What it says is so: the admin exists, and the credential is spent.
         using (var admin = _server.CreateClient(_server.DeploymentAdminToken))
         {
-            Assert.Contains(await admin.ListRoleBindingsAsync(), b => b.Principal == "token:recovered-admin" && b.Role == "deployment-admin");
+            Assert.Contains(await admin.ListRoleBindingsAsync().ToListAsync(), b => b.Principal == "token:recovered-admin" && b.Role == "deployment-admin");
         }
 
         var again = await CliRun.InProcessAsync(variables, _directory, null, "bootstrap", "token:second-admin", "--credential-file", credentialPath, "--session-token-out", Path.Combine(_directory, "second.session"));

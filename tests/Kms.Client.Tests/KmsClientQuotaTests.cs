@@ -120,7 +120,7 @@ public sealed class KmsClientQuotaTests
         Assert.Equal(1, retries.Value);
 
         serverTime.Advance(TimeSpan.FromSeconds(10));
-        var tokens = await admin.ListApiTokensAsync("token:quota-svc");
+        var tokens = await admin.ListApiTokensAsync("token:quota-svc").ToListAsync();
         Assert.Equal(token.Token.Id, Assert.Single(tokens).Id);
         using var service = server.CreateClient(token.Secret);
         Assert.Equal(8, (await service.GenerateRandomAsync(8)).Length);

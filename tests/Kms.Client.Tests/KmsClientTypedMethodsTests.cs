@@ -76,11 +76,17 @@ public sealed class KmsClientTypedMethodsTests(ClientServerFixture fixture) : IC
         Assert.Equal("key-user", (await admin.SetRoleBindingAsync(principal, "key-user", "tenants/dev")).Role);
         var issued = await admin.CreateApiTokenAsync(principal, "SERVICE", TimeSpan.FromDays(1));
         Assert.StartsWith("kms_", issued.Secret, StringComparison.Ordinal);
-        Assert.Equal([issued.Token.Id], (await admin.ListApiTokensAsync(principal)).Select(t => t.Id));
+        Assert.Equal([issued.Token.Id], await admin.ListApiTokensAsync(principal).Select(t => t.Id).ToListAsync());
         await admin.RevokeApiTokenAsync(issued.Token.Id);
-        Assert.NotNull((await admin.ListApiTokensAsync(principal)).Single().RevokeTime);
+        Assert.NotNull((await admin.ListApiTokensAsync(principal).SingleAsync()).RevokeTime);
+
+        // Paged: one token a page, the enumeration fetches the next page as it goes, newest first.
+        var second = await admin.CreateApiTokenAsync(principal, "SERVICE", TimeSpan.FromDays(1));
+        var listed = await admin.ListApiTokensAsync(principal, pageSize: 1).ToListAsync();
+        Assert.Equal(new[] { issued.Token.Id, second.Token.Id }.Order(StringComparer.Ordinal), listed.Select(t => t.Id).Order(StringComparer.Ordinal));
+        Assert.Equal(listed.OrderByDescending(t => t.CreateTime).ThenBy(t => t.Id, StringComparer.Ordinal), listed);
         await admin.DeleteRoleBindingAsync(principal, "key-user", "tenants/dev");
-        Assert.DoesNotContain(await admin.ListRoleBindingsAsync("tenants/dev"), b => b.Principal == principal);
+        Assert.DoesNotContain(await admin.ListRoleBindingsAsync("tenants/dev").ToListAsync(), b => b.Principal == principal);
 
         var events = await developer.ListAuditEventsAsync(new ListAuditEventsRequest { Tenant = "tenants/dev", PageSize = 2 }).Take(5).ToListAsync();
         Assert.Equal(5, events.Select(e => e.Sequence).Distinct().Count());

@@ -17,9 +17,9 @@ public sealed class AccessTests : IDisposable
     [Fact]
     public async Task ListRoleBindings_TenantThatDoesNotExist_NotFound_AsEveryListOfATenant()
     {
-        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.ListRoleBindingsAsync(TenantId.ParseResourceName("tenants/nope", "tenant"), default));
+        var e = await Assert.ThrowsAsync<KmsException>(() => _harness.Access.ListRoleBindingsAsync(TenantId.ParseResourceName("tenants/nope", "tenant"), 0, null, default));
         Assert.Equal((KmsErrorCode.NotFound, "tenants/nope not found"), (e.Code, e.Message));
-        Assert.NotNull(await _harness.Access.ListRoleBindingsAsync(DomainHarness.Dev.Tenant, default));
+        Assert.NotNull(await _harness.Access.ListRoleBindingsAsync(DomainHarness.Dev.Tenant, 0, null, default));
     }
 
     [Theory]

@@ -285,7 +285,10 @@ public sealed class PageTokenTests : IAsyncLifetime
         Assert.Single(next.Principals);
     }
 
-    public static TheoryData<string> ListRpcs() => new() { "ListKeys", "ListKeyVersions", "ListAliases", "ListTenants", "ListPrincipals", "ListQuorumRequests" };
+    public static TheoryData<string> ListRpcs() => new()
+    {
+        "ListKeys", "ListKeyVersions", "ListAliases", "ListTenants", "ListPrincipals", "ListQuorumRequests", "ListApiTokens", "ListRoleBindings", "ListGrants",
+    };
 
     // Before, these tokens were the base64 of "v1|<collection>|<last name listed>": whoever
     // wrote one chose where a listing started, and a token issued to one caller was taken from
@@ -500,6 +503,64 @@ public sealed class PageTokenTests : IAsyncLifetime
                         var r = await c.Access.ListPrincipalsAsync(new ListPrincipalsRequest { Tenant = "tenants/listed", PageSize = n, PageToken = t });
                         return new(r.Principals.Count, r.NextPageToken);
                     }, "tenants/listed/principals", "token:l-1", 3);
+                }
+
+            case "ListApiTokens":
+                {
+                    var other = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("admin-2", null, "deployment-admin"));
+                    await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = "token:holder", Tenant = "tenants/dev" });
+                    for (var i = 0; i < 3; i++)
+                    {
+                        await admin.Access.CreateApiTokenAsync(new CreateApiTokenRequest { Principal = "token:holder", Kind = "SERVICE" });
+                    }
+
+                    return new(admin, other, async (c, t, n) =>
+                    {
+                        var r = await c.Access.ListApiTokensAsync(new ListApiTokensRequest { Principal = "token:holder", PageSize = n, PageToken = t });
+                        return new(r.Tokens.Count, r.NextPageToken);
+                    }, "apiTokens", "0:0000000000000000", 3);
+                }
+
+            case "ListRoleBindings":
+                {
+                    var other = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("admin-2", null, "deployment-admin"));
+                    await _server.EnsureTenantAsync("bound");
+                    foreach (var name in new[] { "token:b-1", "token:b-2", "token:b-3" })
+                    {
+                        await admin.Access.CreatePrincipalAsync(new CreatePrincipalRequest { Name = name, Tenant = "tenants/bound" });
+                        await admin.Access.SetRoleBindingAsync(new SetRoleBindingRequest { Principal = name, Role = "key-user", Tenant = "tenants/bound" });
+                    }
+
+                    return new(admin, other, async (c, t, n) =>
+                    {
+                        var r = await c.Access.ListRoleBindingsAsync(new ListRoleBindingsRequest { Tenant = "tenants/bound", PageSize = n, PageToken = t });
+                        return new(r.Bindings.Count, r.NextPageToken);
+                    }, "tenants/bound/roleBindings", "2:token:b-1", 3);
+                }
+
+            case "ListGrants":
+                {
+                    var other = _server.CreateClient(await _server.CreatePrincipalWithTokenAsync("dev-2", "dev", "key-manager"));
+                    var key = await _developer.CreateKeyAsync("tenants/dev", "granted");
+                    await _developer.Raw.SetKeyPolicyAsync(new SetKeyPolicyRequest
+                    {
+                        Name = key.Name,
+                        Entries = { new KeyPolicyEntry { Principal = "token:developer", Operations = { "ENCRYPT", "DECRYPT" } } },
+                    });
+                    for (var i = 0; i < 3; i++)
+                    {
+                        await _developer.Raw.CreateGrantAsync(new CreateGrantRequest
+                        {
+                            Parent = key.Name,
+                            Grant = new KeyGrant { Grantee = "token:dev-2", Operations = { "DECRYPT" }, ContextEquals = { ["record"] = i.ToString(System.Globalization.CultureInfo.InvariantCulture) } },
+                        });
+                    }
+
+                    return new(_developer, other, async (c, t, n) =>
+                    {
+                        var r = await c.Raw.ListGrantsAsync(new ListGrantsRequest { Parent = key.Name, PageSize = n, PageToken = t });
+                        return new(r.Grants.Count, r.NextPageToken);
+                    }, key.Name + "/grants", "0:0000000000000000", 3);
                 }
 
             default:

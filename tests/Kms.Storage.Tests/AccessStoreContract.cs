@@ -253,6 +253,85 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
     }
 
     [Fact]
+    public async Task ApiTokens_Paged_NewestFirstTiesById_EachOnce_OtherPrincipalsApart()
+    {
+        var store = await AccessAsync();
+        var alice = PrincipalName.Token("alice");
+        var tokens = new List<ApiToken>();
+        for (var i = 0; i < 25; i++)
+        {
+            // Create times in fives (ties), ids in another order than create time, some revoked.
+            var id = ((i * 7) % 25 + 1).ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
+            var token = new ApiToken(id, alice, ApiTokenKind.Service, RandomNumberGenerator.GetBytes(32), T0.AddMinutes(i / 5), T0.AddDays(90));
+            await store.CreateApiTokenAsync(token, default);
+            if (i % 3 == 0)
+            {
+                await store.RevokeApiTokenAsync(id, T0.AddDays(1), default);
+            }
+
+            tokens.Add(token);
+        }
+
+        await store.CreateApiTokenAsync(new ApiToken("00000000000000ff", PrincipalName.Token("bob"), ApiTokenKind.Service, RandomNumberGenerator.GetBytes(32), T0.AddMinutes(2), T0.AddDays(90)), default);
+
+        var expected = tokens.OrderByDescending(t => t.CreateTime).ThenBy(t => t.Id, StringComparer.Ordinal).Select(t => t.Id).ToList();
+        var pages = new List<IReadOnlyList<ApiToken>>();
+        (DateTimeOffset, string)? after = null;
+        do
+        {
+            var page = await store.ListApiTokensAsync(alice, after, 10, default);
+            pages.Add(page);
+            after = page.Count > 0 ? (page[^1].CreateTime, page[^1].Id) : null;
+        }
+        while (after is not null && pages.Count < 10);
+
+        Assert.Equal([10, 10, 5, 0], pages.Select(p => p.Count));
+        Assert.Equal(expected, pages.SelectMany(p => p).Select(t => t.Id));
+        Assert.Equal(expected, (await store.ListApiTokensAsync(alice, default)).Select(t => t.Id));
+        Assert.Equal(9, pages.SelectMany(p => p).Count(t => t.RevokeTime == T0.AddDays(1)));
+        Assert.Equal(["00000000000000ff"], (await store.ListApiTokensAsync(PrincipalName.Token("bob"), null, 10, default)).Select(t => t.Id));
+    }
+
+    [Fact]
+    public async Task RoleBindings_Paged_PrincipalThenRole_EachOnce_TenantsApart()
+    {
+        var store = await AccessAsync();
+        var expected = new List<(string, Role)>();
+        for (var i = 0; i < 12; i++)
+        {
+            var principal = PrincipalName.Token($"member-{(i * 5) % 12:D2}");
+            foreach (var role in new[] { Role.Auditor, Role.KeyUser })
+            {
+                await store.SetRoleBindingAsync(new RoleBinding(principal, role, Dev, T0), default);
+                expected.Add((principal.ToString(), role));
+            }
+        }
+
+        await store.SetRoleBindingAsync(new RoleBinding(PrincipalName.Token("member-05"), Role.KeyUser, Acme, T0), default);
+        await store.SetRoleBindingAsync(new RoleBinding(PrincipalName.Token("member-05"), Role.DeploymentAdmin, null, T0), default);
+
+        expected = [.. expected.OrderBy(b => b.Item1, StringComparer.Ordinal).ThenBy(b => b.Item2)];
+        var listed = new List<RoleBinding>();
+        (string, Role)? after = null;
+        for (var pages = 0; pages < 10; pages++)
+        {
+            var page = await store.ListRoleBindingsAsync(Dev, after, 5, default);
+            listed.AddRange(page);
+            if (page.Count < 5)
+            {
+                break;
+            }
+
+            after = (page[^1].Principal.ToString(), page[^1].Role);
+        }
+
+        Assert.Equal(expected, listed.Select(b => (b.Principal.ToString(), b.Role)));
+        Assert.All(listed, b => Assert.Equal(Dev, b.Tenant));
+        Assert.Equal([Role.KeyUser], (await store.ListRoleBindingsAsync(Acme, null, 10, default)).Select(b => b.Role));
+        Assert.Equal([Role.DeploymentAdmin], (await store.ListRoleBindingsAsync(null, null, 10, default)).Select(b => b.Role));
+    }
+
+    [Fact]
     public async Task RoleBindings_Idempotent_TenantAndDeploymentKeptApart()
     {
         var store = await AccessAsync();
@@ -367,6 +446,55 @@ public abstract class AccessStoreContract : KeyStoreLifecycleContract
         Assert.Empty((await store.GetKeyPolicyAsync(key.Name, default)).Entries);
         Assert.Empty(await store.ListGrantsAsync(key.Name, includeRevoked: false, default));
         Assert.Equal(T0.AddMinutes(2), Assert.Single(await store.ListGrantsAsync(key.Name, includeRevoked: true, default)).RevokeTime);
+    }
+
+    [Fact]
+    public async Task Grants_Paged_ActiveOnly_OldestFirstTiesById_EachOnce_KeysApart()
+    {
+        var store = await AccessAsync();
+        var key = NewKey(Dev, "paged-grants");
+        var other = NewKey(Dev, "other-grants");
+        foreach (var k in new[] { key, other })
+        {
+            await ((IKeyStore)store).CreateKeyAsync(k, Material(), null, default);
+            await store.SetKeyPolicyAsync(new KeyPolicy(k.Name, new Dictionary<string, KeyOperations> { ["token:owner"] = KeyOperations.Encrypt }), T0, default);
+        }
+
+        await store.CreateGrantAsync(new Grant("00000000000000ff", other.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, new Dictionary<string, string>(), T0), default);
+        var active = new List<Grant>();
+        for (var i = 0; i < 20; i++)
+        {
+            var id = ((i * 7) % 20 + 1).ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
+            var grant = new Grant(id, key.Name, PrincipalName.Token("reader"), KeyOperations.Decrypt, new Dictionary<string, string>(), T0.AddMinutes(i / 4));
+            await store.CreateGrantAsync(grant, default);
+            if (i % 5 == 0)
+            {
+                await store.RevokeGrantAsync(key.Name, id, T0.AddDays(1), default);
+            }
+            else
+            {
+                active.Add(grant);
+            }
+        }
+
+        var expected = active.OrderBy(g => g.CreateTime).ThenBy(g => g.Id, StringComparer.Ordinal).Select(g => g.Id).ToList();
+        var listed = new List<Grant>();
+        (DateTimeOffset, string)? after = null;
+        for (var pages = 0; pages < 10; pages++)
+        {
+            var page = await store.ListGrantsAsync(key.Name, after, 3, default);
+            listed.AddRange(page);
+            if (page.Count < 3)
+            {
+                break;
+            }
+
+            after = (page[^1].CreateTime, page[^1].Id);
+        }
+
+        Assert.Equal(expected, listed.Select(g => g.Id));
+        Assert.All(listed, g => Assert.Equal((key.Name, (DateTimeOffset?)null), (g.Key, g.RevokeTime)));
+        Assert.Equal(["00000000000000ff"], (await store.ListGrantsAsync(other.Name, null, 10, default)).Select(g => g.Id));
     }
 
     [Fact]

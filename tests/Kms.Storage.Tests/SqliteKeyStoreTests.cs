@@ -574,7 +574,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         {
             await old.OpenAsync();
             await using var command = old.CreateCommand();
-            command.CommandText = "DROP INDEX keys_destroy_failing; DROP INDEX key_versions_destroy_failing; ALTER TABLE keys DROP COLUMN destroy_failures; ALTER TABLE keys DROP COLUMN destroy_failing_since; ALTER TABLE keys DROP COLUMN destroy_retry_time; ALTER TABLE key_versions DROP COLUMN destroy_failures; ALTER TABLE key_versions DROP COLUMN destroy_failing_since; ALTER TABLE key_versions DROP COLUMN destroy_retry_time; DROP TABLE audit_blocks; DROP TABLE usage_flushes; ALTER TABLE audit_events DROP COLUMN key_versions; DROP INDEX key_versions_import_material; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node; ALTER TABLE quorum_requests DROP COLUMN credential_path; ALTER TABLE quorum_requests DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
+            command.CommandText = "DROP INDEX grants_active; DROP INDEX api_tokens_by_principal; CREATE INDEX api_tokens_by_principal ON api_tokens (principal); DROP INDEX role_bindings_by_tenant; CREATE INDEX role_bindings_by_tenant ON role_bindings (tenant); DROP INDEX keys_destroy_failing; DROP INDEX key_versions_destroy_failing; ALTER TABLE keys DROP COLUMN destroy_failures; ALTER TABLE keys DROP COLUMN destroy_failing_since; ALTER TABLE keys DROP COLUMN destroy_retry_time; ALTER TABLE key_versions DROP COLUMN destroy_failures; ALTER TABLE key_versions DROP COLUMN destroy_failing_since; ALTER TABLE key_versions DROP COLUMN destroy_retry_time; DROP TABLE audit_blocks; DROP TABLE usage_flushes; ALTER TABLE audit_events DROP COLUMN key_versions; DROP INDEX key_versions_import_material; ALTER TABLE key_versions DROP COLUMN import_fingerprint; ALTER TABLE quorum_approvals DROP COLUMN sign_time; ALTER TABLE quorum_requests DROP COLUMN executing_node; ALTER TABLE quorum_requests DROP COLUMN credential_path; ALTER TABLE quorum_requests DROP COLUMN credential_revoke_time; ALTER TABLE principals DROP COLUMN delete_time; ALTER TABLE tenants DROP COLUMN delete_waiting_ms; ALTER TABLE keys DROP COLUMN allow_import; DELETE FROM schema_migrations WHERE version >= 10;";
             await command.ExecuteNonQueryAsync();
         }
 
@@ -599,7 +599,7 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
         {
             await old.OpenAsync();
             await using var command = old.CreateCommand();
-            command.CommandText = "DROP INDEX keys_destroy_failing; DROP INDEX key_versions_destroy_failing; ALTER TABLE keys DROP COLUMN destroy_failures; ALTER TABLE keys DROP COLUMN destroy_failing_since; ALTER TABLE keys DROP COLUMN destroy_retry_time; ALTER TABLE key_versions DROP COLUMN destroy_failures; ALTER TABLE key_versions DROP COLUMN destroy_failing_since; ALTER TABLE key_versions DROP COLUMN destroy_retry_time; DROP TABLE audit_blocks; DROP TABLE usage_flushes; DELETE FROM schema_migrations WHERE version >= 17;";
+            command.CommandText = "DROP INDEX grants_active; DROP INDEX api_tokens_by_principal; CREATE INDEX api_tokens_by_principal ON api_tokens (principal); DROP INDEX role_bindings_by_tenant; CREATE INDEX role_bindings_by_tenant ON role_bindings (tenant); DROP INDEX keys_destroy_failing; DROP INDEX key_versions_destroy_failing; ALTER TABLE keys DROP COLUMN destroy_failures; ALTER TABLE keys DROP COLUMN destroy_failing_since; ALTER TABLE keys DROP COLUMN destroy_retry_time; ALTER TABLE key_versions DROP COLUMN destroy_failures; ALTER TABLE key_versions DROP COLUMN destroy_failing_since; ALTER TABLE key_versions DROP COLUMN destroy_retry_time; DROP TABLE audit_blocks; DROP TABLE usage_flushes; DELETE FROM schema_migrations WHERE version >= 17;";
             await command.ExecuteNonQueryAsync();
         }
 
@@ -624,6 +624,27 @@ public sealed class SqliteKeyStoreTests : QuorumStoreContract, IDisposable
             var plan = await PlanAsync($"{Select} AND {filter} ORDER BY seq LIMIT 10");
             Assert.Contains("PRIMARY KEY", plan, StringComparison.Ordinal);
             Assert.DoesNotContain("TEMP B-TREE", plan, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task ListApiTokensRoleBindingsGrants_TheStatementsRun_FirstPageAndLater_WalkAnIndex_NeverSort()
+    {
+        // A page starts where the last ended in an index's order: no sort of every token of the
+        // principal (revoked ones are never deleted), binding of the tenant or grant of the key.
+        await using var store = await OpenAsync();
+        foreach (var (sql, index, parameters) in new (string, string, (string, object)[])[]
+        {
+            (SqlStore.ListApiTokensPageSql, "api_tokens_by_principal", [("@principal", "token:a"), ("@after_time", long.MaxValue), ("@after_id", ""), ("@limit", 101)]),
+            (SqlStore.ListApiTokensPageSql, "api_tokens_by_principal", [("@principal", "token:a"), ("@after_time", 5L), ("@after_id", "00000000000000aa"), ("@limit", 101)]),
+            (SqlStore.ListRoleBindingsPageSql, "role_bindings_by_tenant", [("@tenant", "dev"), ("@after_principal", ""), ("@after_role", -1), ("@limit", 101)]),
+            (SqlStore.ListRoleBindingsPageSql, "role_bindings_by_tenant", [("@tenant", "dev"), ("@after_principal", "token:a"), ("@after_role", 2), ("@limit", 101)]),
+            (SqlStore.ListGrantsPageSql, "grants_active", [("@tenant", "dev"), ("@key_id", "k"), ("@after_time", long.MinValue), ("@after_id", ""), ("@limit", 101)]),
+            (SqlStore.ListGrantsPageSql, "grants_active", [("@tenant", "dev"), ("@key_id", "k"), ("@after_time", 5L), ("@after_id", "00000000000000aa"), ("@limit", 101)]),
+        })
+        {
+            var plan = await PlanAsync("EXPLAIN QUERY PLAN " + sql, parameters);
+            Assert.True(plan.Contains(index, StringComparison.Ordinal) && !plan.Contains("TEMP B-TREE", StringComparison.Ordinal), plan);
         }
     }
 

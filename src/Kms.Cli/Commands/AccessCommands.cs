@@ -306,7 +306,12 @@ internal static class AccessCommands
         var command = new Command("list", "list a principal's API tokens (never their secrets)") { principal };
         runner.SetAction(command, async (ctx, ct) =>
         {
-            var all = await ctx.Client.ListApiTokensAsync(ctx.ParseResult.GetRequiredValue(principal), ct);
+            var all = new List<ApiTokenInfo>();
+            await foreach (var token in ctx.Client.ListApiTokensAsync(ctx.ParseResult.GetRequiredValue(principal), cancellationToken: ct))
+            {
+                all.Add(token);
+            }
+
             ctx.Output.Result(
                 new JsonObject { ["tokens"] = new JsonArray([.. all.Select(t => CliOutput.Proto(t))]) },
                 () =>
@@ -383,7 +388,12 @@ internal static class AccessCommands
         runner.SetAction(command, async (ctx, ct) =>
         {
             var tenant = ctx.ParseResult.GetValue(deployment) ? null : ctx.TenantName(null);
-            var all = await ctx.Client.ListRoleBindingsAsync(tenant, ct);
+            var all = new List<RoleBindingInfo>();
+            await foreach (var binding in ctx.Client.ListRoleBindingsAsync(tenant, cancellationToken: ct))
+            {
+                all.Add(binding);
+            }
+
             ctx.Output.Result(
                 new JsonObject { ["bindings"] = new JsonArray([.. all.Select(b => CliOutput.Proto(b))]) },
                 () =>

@@ -61,6 +61,13 @@ public interface IAccessStore
     /// <summary>A principal's tokens, newest first.</summary>
     Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// One page of a principal's tokens (revoked and expired ones too), newest first, ties by id:
+    /// at most <paramref name="limit"/> of them, those after <paramref name="after"/> (the last of
+    /// the previous page) in that order.
+    /// </summary>
+    Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, (DateTimeOffset CreateTime, string Id)? after, int limit, CancellationToken cancellationToken);
+
     /// <summary>Revokes a token; false if it does not exist (revoking twice keeps the first time).</summary>
     Task<bool> RevokeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken);
 
@@ -98,6 +105,13 @@ public interface IAccessStore
     Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken);
 
     /// <summary>
+    /// One page of the bindings within a tenant (null: deployment-wide bindings), in principal
+    /// order, then role: at most
+    /// <paramref name="limit"/>, those after <paramref name="after"/> (the last of the previous page).
+    /// </summary>
+    Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, (string Principal, Role Role)? after, int limit, CancellationToken cancellationToken);
+
+    /// <summary>
     /// Replaces a key's policy and marks the key restricted or not. Empty entries (no policy)
     /// also revoke the key's active grants at <paramref name="time"/>, in the same step: a grant
     /// narrows only a restricted key, and none may lie dormant for the next policy to revive.
@@ -113,6 +127,12 @@ public interface IAccessStore
 
     /// <summary>A key's grants (revoked ones too when asked).</summary>
     Task<IReadOnlyList<Grant>> ListGrantsAsync(KeyName key, bool includeRevoked, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// One page of a key's active grants, oldest first, ties by id: at most <paramref name="limit"/>,
+    /// those after <paramref name="after"/> (the last of the previous page).
+    /// </summary>
+    Task<IReadOnlyList<Grant>> ListGrantsAsync(KeyName key, (DateTimeOffset CreateTime, string Id)? after, int limit, CancellationToken cancellationToken);
 
     /// <summary>Revokes a grant; false if it does not exist or was revoked already.</summary>
     Task<bool> RevokeGrantAsync(KeyName key, string grantId, DateTimeOffset revokeTime, CancellationToken cancellationToken);

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Security.Cryptography;
 using System.Text;
 using Kms.Core.Access;
 using Kms.Core.Errors;
@@ -359,19 +360,29 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         }
     }
 
-    /// <summary>A principal's tokens (never their secrets).</summary>
+    /// <summary>
+    /// One page of a principal's tokens (never their secrets), revoked and expired ones too, newest
+    /// first; <see cref="Limits.FormerlyUnpagedDefaultPageSize"/> of them when no size is asked.
+    /// </summary>
     /// <exception cref="KmsException">
     /// NotFound for a principal never registered (an empty list would say it has no token), except
     /// <c>token:bootstrap</c>, which holds the bootstrap and recovery credentials without being registered.
+    /// InvalidArgument naming page_token for a token not issued for this principal's listing.
     /// </exception>
-    public async Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, CancellationToken cancellationToken)
+    public async Task<Page<ApiToken>> ListApiTokensAsync(PrincipalName principal, int pageSize, string? pageToken, CancellationToken cancellationToken)
     {
+        var size = PageToken.Size(pageSize, Limits.FormerlyUnpagedDefaultPageSize);
         if (principal != Authenticator.BootstrapPrincipal)
         {
             await GetPrincipalAsync(principal, cancellationToken);
         }
 
-        return await access.ListApiTokensAsync(principal, cancellationToken);
+        // Scoped by a digest of the principal's name: the name may hold '|', which the token's
+        // layout keeps for its own separators, and may be long.
+        var scope = "apiTokens/" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(principal.ToString())))[..32];
+        var rows = await access.ListApiTokensAsync(principal, PageToken.DecodeTimeAndId(scope, pageToken), size + 1, cancellationToken);
+        var page = rows.Take(size).ToList();
+        return new Page<ApiToken>(page, rows.Count > size ? PageToken.EncodeTimeAndId(scope, page[^1].CreateTime, page[^1].Id) : null);
     }
 
     /// <summary>
@@ -470,16 +481,49 @@ public sealed class AccessService(IAccessStore access, IKeyStore keys, TimeProvi
         }
     }
 
-    /// <summary>The bindings of a tenant (null: deployment-wide), for access reviews.</summary>
-    /// <exception cref="KmsException">NotFound for a tenant that does not exist (as every list of a tenant's resources answers).</exception>
-    public async Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken)
+    /// <summary>
+    /// One page of the bindings of a tenant (null: deployment-wide), for access reviews, in
+    /// principal order then role; <see cref="Limits.FormerlyUnpagedDefaultPageSize"/> of them when
+    /// no size is asked.
+    /// </summary>
+    /// <exception cref="KmsException">
+    /// NotFound for a tenant that does not exist (as every list of a tenant's resources answers).
+    /// InvalidArgument naming page_token for a token not issued for this tenant's listing.
+    /// </exception>
+    public async Task<Page<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, int pageSize, string? pageToken, CancellationToken cancellationToken)
     {
+        var size = PageToken.Size(pageSize, Limits.FormerlyUnpagedDefaultPageSize);
         if (tenant is { } id)
         {
             await GetTenantAsync(id, cancellationToken);
         }
 
-        return await access.ListRoleBindingsAsync(tenant, cancellationToken);
+        var scope = (tenant?.ResourceName ?? "deployment") + "/roleBindings";
+        var rows = await access.ListRoleBindingsAsync(tenant, DecodeBindingCursor(scope, pageToken), size + 1, cancellationToken);
+        var page = rows.Take(size).ToList();
+        return new Page<RoleBinding>(page, rows.Count > size
+            ? PageToken.Encode(scope, string.Create(CultureInfo.InvariantCulture, $"{(int)page[^1].Role}:{page[^1].Principal}"))
+            : null);
+    }
+
+    // "{role}:{principal}": the role (a number) first, since a principal's name holds ':'.
+    private static (string Principal, Role Role)? DecodeBindingCursor(string scope, string? pageToken)
+    {
+        if (PageToken.Decode(scope, pageToken) is not { } cursor)
+        {
+            return null;
+        }
+
+        var colon = cursor.IndexOf(':', StringComparison.Ordinal);
+        if (colon <= 0
+            || !int.TryParse(cursor.AsSpan(0, colon), NumberStyles.None, CultureInfo.InvariantCulture, out var role)
+            || !Enum.IsDefined((Role)role)
+            || colon == cursor.Length - 1)
+        {
+            throw PageToken.Invalid();
+        }
+
+        return (cursor[(colon + 1)..], (Role)role);
     }
 
     /// <summary>The bootstrap credential's lifetime.</summary>

@@ -146,11 +146,19 @@ public sealed class KeyAccessService(IAccessStore access, IKeyStore keys, TimePr
         return grant;
     }
 
-    /// <summary>A key's active grants.</summary>
-    public async Task<IReadOnlyList<Grant>> ListGrantsAsync(Caller caller, KeyName key, CancellationToken cancellationToken)
+    /// <summary>
+    /// One page of a key's active grants, oldest first; <see cref="Limits.FormerlyUnpagedDefaultPageSize"/>
+    /// of them when no size is asked (every one: a key has at most <see cref="MaxEntries"/>).
+    /// </summary>
+    /// <exception cref="KmsException">InvalidArgument naming page_token for a token not issued for this key's listing.</exception>
+    public async Task<Page<Grant>> ListGrantsAsync(Caller caller, KeyName key, int pageSize, string? pageToken, CancellationToken cancellationToken)
     {
+        var size = PageToken.Size(pageSize, Limits.FormerlyUnpagedDefaultPageSize);
         await GetKeyAsync(caller, key, cancellationToken);
-        return await access.ListGrantsAsync(key, includeRevoked: false, cancellationToken);
+        var scope = key + "/grants";
+        var rows = await access.ListGrantsAsync(key, PageToken.DecodeTimeAndId(scope, pageToken), size + 1, cancellationToken);
+        var page = rows.Take(size).ToList();
+        return new Page<Grant>(page, rows.Count > size ? PageToken.EncodeTimeAndId(scope, page[^1].CreateTime, page[^1].Id) : null);
     }
 
     /// <summary>Revokes a grant at once.</summary>

@@ -1,4 +1,5 @@
 using System.Buffers.Text;
+using System.Globalization;
 using System.Text;
 using Kms.Core.Errors;
 
@@ -41,15 +42,40 @@ internal static class PageToken
         return parts[2];
     }
 
-    /// <summary>The effective page size: default when 0, capped at the maximum.</summary>
-    public static int Size(int pageSize)
+    /// <summary>A cursor of a row ordered by time (Unix milliseconds), then by a 16-hex-digit id: <c>{ms}:{id}</c>.</summary>
+    public static string EncodeTimeAndId(string scope, DateTimeOffset time, string id) =>
+        Encode(scope, string.Create(CultureInfo.InvariantCulture, $"{time.ToUnixTimeMilliseconds()}:{id}"));
+
+    /// <summary>The cursor of <see cref="EncodeTimeAndId"/> (null for none: the first page).</summary>
+    public static (DateTimeOffset Time, string Id)? DecodeTimeAndId(string scope, string? token)
+    {
+        if (Decode(scope, token) is not { } cursor)
+        {
+            return null;
+        }
+
+        var colon = cursor.IndexOf(':', StringComparison.Ordinal);
+        if (colon <= 0
+            || !long.TryParse(cursor.AsSpan(0, colon), NumberStyles.None, CultureInfo.InvariantCulture, out var millis)
+            || millis > DateTimeOffset.MaxValue.ToUnixTimeMilliseconds()
+            || cursor[(colon + 1)..] is not { Length: 16 } id
+            || !id.All(char.IsAsciiHexDigitLower))
+        {
+            throw Invalid();
+        }
+
+        return (DateTimeOffset.FromUnixTimeMilliseconds(millis), id);
+    }
+
+    /// <summary>The effective page size: <paramref name="defaultSize"/> when 0, capped at the maximum.</summary>
+    public static int Size(int pageSize, int defaultSize = Limits.DefaultPageSize)
     {
         if (pageSize < 0)
         {
             throw KmsErrors.InvalidArgument("page_size", "must not be negative");
         }
 
-        return pageSize == 0 ? Limits.DefaultPageSize : Math.Min(pageSize, Limits.MaxPageSize);
+        return pageSize == 0 ? defaultSize : Math.Min(pageSize, Limits.MaxPageSize);
     }
 
     public static KmsException Invalid() =>

@@ -94,9 +94,13 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<ListApiTokensResponse> ListApiTokens(ListApiTokensRequest request, ServerCallContext context)
     {
-        var tokens = await access.ListApiTokensAsync(PrincipalName.ParseExisting(request.Principal, "principal"), context.CancellationToken);
-        var response = new ListApiTokensResponse();
-        response.Tokens.AddRange(tokens.Select(AccessMapping.ToProto));
+        var caller = CallerResolver.Current(context);
+        var principal = PrincipalName.ParseExisting(request.Principal, "principal");
+        string?[] filter = [principal.ToString()];
+        var page = await access.ListApiTokensAsync(principal, request.PageSize,
+            pageTokens.Open("ListApiTokens", caller, filter, request.PageToken, "principal"), context.CancellationToken);
+        var response = new ListApiTokensResponse { NextPageToken = pageTokens.Seal("ListApiTokens", caller, filter, page.NextPageToken) };
+        response.Tokens.AddRange(page.Items.Select(AccessMapping.ToProto));
         return response;
     }
 
@@ -125,9 +129,13 @@ internal sealed class AccessManagementGrpcService(AccessService access, CallerAu
 
     public override async Task<ListRoleBindingsResponse> ListRoleBindings(ListRoleBindingsRequest request, ServerCallContext context)
     {
-        var bindings = await access.ListRoleBindingsAsync(AccessMapping.OptionalTenant(request.Tenant, "tenant"), context.CancellationToken);
-        var response = new ListRoleBindingsResponse();
-        response.Bindings.AddRange(bindings.Select(AccessMapping.ToProto));
+        var caller = CallerResolver.Current(context);
+        var tenant = AccessMapping.OptionalTenant(request.Tenant, "tenant");
+        string?[] filter = [tenant?.ResourceName];
+        var page = await access.ListRoleBindingsAsync(tenant, request.PageSize,
+            pageTokens.Open("ListRoleBindings", caller, filter, request.PageToken, "tenant"), context.CancellationToken);
+        var response = new ListRoleBindingsResponse { NextPageToken = pageTokens.Seal("ListRoleBindings", caller, filter, page.NextPageToken) };
+        response.Bindings.AddRange(page.Items.Select(AccessMapping.ToProto));
         return response;
     }
 

@@ -53,9 +53,13 @@ internal sealed partial class KeyManagementGrpcService
 
     public override async Task<ListGrantsResponse> ListGrants(ListGrantsRequest request, ServerCallContext context)
     {
-        var grants = await keyAccess.ListGrantsAsync(CallerResolver.Current(context), KeyName.Parse(request.Parent, "parent"), context.CancellationToken);
-        var response = new ListGrantsResponse();
-        response.Grants.AddRange(grants.Select(AccessMapping.ToProto));
+        var caller = CallerResolver.Current(context);
+        var key = KeyName.Parse(request.Parent, "parent");
+        string?[] filter = [key.ToString()];
+        var page = await keyAccess.ListGrantsAsync(caller, key, request.PageSize,
+            pageTokens.Open("ListGrants", caller, filter, request.PageToken, "parent"), context.CancellationToken);
+        var response = new ListGrantsResponse { NextPageToken = pageTokens.Seal("ListGrants", caller, filter, page.NextPageToken) };
+        response.Grants.AddRange(page.Items.Select(AccessMapping.ToProto));
         return response;
     }
 

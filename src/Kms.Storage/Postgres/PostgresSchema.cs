@@ -287,5 +287,14 @@ internal static class PostgresSchema
             CREATE INDEX keys_destroy_failing ON keys (tenant, key_id) WHERE destroy_failures IS NOT NULL;
             CREATE INDEX key_versions_destroy_failing ON key_versions (tenant, key_id, version) WHERE destroy_failures IS NOT NULL;
             """, CompatibleFrom: 4),
+        new(14, """
+            -- The indexes of the paged ListApiTokens, ListRoleBindings and ListGrants, as SQLite's
+            -- migration 20 (additive, like it).
+            DROP INDEX api_tokens_by_principal;
+            CREATE INDEX api_tokens_by_principal ON api_tokens (principal, create_time DESC, id);
+            DROP INDEX role_bindings_by_tenant;
+            CREATE INDEX role_bindings_by_tenant ON role_bindings (tenant, principal, role);
+            CREATE INDEX grants_active ON grants (tenant, key_id, create_time, grant_id) WHERE revoke_time IS NULL;
+            """, CompatibleFrom: 4),
     ];
 }

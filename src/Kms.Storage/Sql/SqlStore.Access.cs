@@ -16,6 +16,16 @@ public abstract partial class SqlStore
     private const string TokenColumns = "id, principal, kind, secret_hash, create_time, expire_time, revoke_time";
     private const string GrantColumns = "grant_id, grantee, operations, context_equals, create_time, revoke_time";
 
+    // The paged lists' statements (internal for the tests of their query plans).
+    internal const string ListApiTokensPageSql =
+        $"SELECT {TokenColumns} FROM api_tokens WHERE principal = @principal AND create_time <= @after_time AND (create_time < @after_time OR id > @after_id) ORDER BY create_time DESC, id LIMIT @limit";
+
+    internal const string ListRoleBindingsPageSql =
+        "SELECT principal, role, tenant, create_time FROM role_bindings WHERE tenant = @tenant AND principal >= @after_principal AND (principal > @after_principal OR role > @after_role) ORDER BY principal, role LIMIT @limit";
+
+    internal const string ListGrantsPageSql =
+        $"SELECT {GrantColumns} FROM grants WHERE tenant = @tenant AND key_id = @key_id AND revoke_time IS NULL AND create_time >= @after_time AND (create_time > @after_time OR grant_id > @after_id) ORDER BY create_time, grant_id LIMIT @limit";
+
     /// <inheritdoc />
     public Task CreateTenantAsync(Tenant tenant, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
@@ -129,6 +139,18 @@ public abstract partial class SqlStore
             ("@principal", principal.ToString()));
 
     /// <inheritdoc />
+    /// <remarks>
+    /// The bound on create_time comes first and alone, so that it is a range of the index
+    /// (principal, create_time DESC, id) rather than a filter: a page is read from where the last
+    /// ended, however many tokens (revoked ones pile up) come before it.
+    /// </remarks>
+    public Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, (DateTimeOffset CreateTime, string Id)? after, int limit, CancellationToken cancellationToken) =>
+        ReadListAsync(
+            ListApiTokensPageSql,
+            ReadToken, cancellationToken,
+            ("@principal", principal.ToString()), ("@after_time", after?.CreateTime.ToUnixTimeMilliseconds() ?? long.MaxValue), ("@after_id", after?.Id ?? ""), ("@limit", limit));
+
+    /// <inheritdoc />
     public async Task<bool> RevokeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>
         await ExecuteAccessWriteAsync("UPDATE api_tokens SET revoke_time = coalesce(revoke_time, @time) WHERE id = @id", $"apiTokens/{id}", cancellationToken,
             ("@time", revokeTime.ToUnixTimeMilliseconds()), ("@id", id));
@@ -201,6 +223,14 @@ public abstract partial class SqlStore
     public Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, CancellationToken cancellationToken) =>
         ReadListAsync("SELECT principal, role, tenant, create_time FROM role_bindings WHERE tenant = @tenant ORDER BY principal, role", ReadBinding, cancellationToken,
             ("@tenant", tenant?.Value ?? ""));
+
+    /// <inheritdoc />
+    /// <remarks>Read in the order of the index (tenant, principal, role), from where the last page ended.</remarks>
+    public Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, (string Principal, Role Role)? after, int limit, CancellationToken cancellationToken) =>
+        ReadListAsync(
+            ListRoleBindingsPageSql,
+            ReadBinding, cancellationToken,
+            ("@tenant", tenant?.Value ?? ""), ("@after_principal", after?.Principal ?? ""), ("@after_role", after is { } last ? (int)last.Role : -1), ("@limit", limit));
 
     /// <inheritdoc />
     public Task SetKeyPolicyAsync(KeyPolicy policy, DateTimeOffset time, CancellationToken cancellationToken) =>
@@ -279,6 +309,13 @@ public abstract partial class SqlStore
             $"SELECT {GrantColumns} FROM grants WHERE tenant = @tenant AND key_id = @key_id AND (@all = 1 OR revoke_time IS NULL) ORDER BY create_time, grant_id",
             reader => ReadGrant(reader, key), cancellationToken,
             ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId), ("@all", includeRevoked ? 1 : 0));
+
+    /// <inheritdoc />
+    public Task<IReadOnlyList<Grant>> ListGrantsAsync(KeyName key, (DateTimeOffset CreateTime, string Id)? after, int limit, CancellationToken cancellationToken) =>
+        ReadListAsync(
+            ListGrantsPageSql,
+            reader => ReadGrant(reader, key), cancellationToken,
+            ("@tenant", key.Tenant.Value), ("@key_id", key.KeyId), ("@after_time", after?.CreateTime.ToUnixTimeMilliseconds() ?? long.MinValue), ("@after_id", after?.Id ?? ""), ("@limit", limit));
 
     /// <inheritdoc />
     public Task<bool> RevokeGrantAsync(KeyName key, string grantId, DateTimeOffset revokeTime, CancellationToken cancellationToken) =>

@@ -179,6 +179,21 @@ public sealed partial class InMemoryStore
         }
     }
 
+    public Task<IReadOnlyList<ApiToken>> ListApiTokensAsync(PrincipalName principal, (DateTimeOffset CreateTime, string Id)? after, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<ApiToken> page = _tokens.Values
+                .Where(t => t.Principal == principal
+                    && (after is not { } last || t.CreateTime < last.CreateTime || (t.CreateTime == last.CreateTime && string.CompareOrdinal(t.Id, last.Id) > 0)))
+                .OrderByDescending(t => t.CreateTime)
+                .ThenBy(t => t.Id, StringComparer.Ordinal)
+                .Take(limit)
+                .ToList();
+            return Task.FromResult(page);
+        }
+    }
+
     public Task<bool> ConsumeApiTokenAsync(string id, DateTimeOffset revokeTime, CancellationToken cancellationToken)
     {
         lock (_lock)
@@ -340,6 +355,21 @@ public sealed partial class InMemoryStore
         }
     }
 
+    public Task<IReadOnlyList<RoleBinding>> ListRoleBindingsAsync(TenantId? tenant, (string Principal, Role Role)? after, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<RoleBinding> page = _bindings
+                .Where(b => b.Tenant == tenant
+                    && (after is not { } last || string.CompareOrdinal(b.Principal.ToString(), last.Principal) is var order && (order > 0 || (order == 0 && b.Role > last.Role))))
+                .OrderBy(b => b.Principal.ToString(), StringComparer.Ordinal)
+                .ThenBy(b => b.Role)
+                .Take(limit)
+                .ToList();
+            return Task.FromResult(page);
+        }
+    }
+
     public Task SetKeyPolicyAsync(KeyPolicy policy, DateTimeOffset time, CancellationToken cancellationToken)
     {
         lock (_lock)
@@ -396,6 +426,21 @@ public sealed partial class InMemoryStore
         {
             IReadOnlyList<Grant> grants = _grants.Where(g => g.Key == key && (includeRevoked || g.RevokeTime is null)).ToList();
             return Task.FromResult(grants);
+        }
+    }
+
+    public Task<IReadOnlyList<Grant>> ListGrantsAsync(KeyName key, (DateTimeOffset CreateTime, string Id)? after, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            IReadOnlyList<Grant> page = _grants
+                .Where(g => g.Key == key && g.RevokeTime is null
+                    && (after is not { } last || g.CreateTime > last.CreateTime || (g.CreateTime == last.CreateTime && string.CompareOrdinal(g.Id, last.Id) > 0)))
+                .OrderBy(g => g.CreateTime)
+                .ThenBy(g => g.Id, StringComparer.Ordinal)
+                .Take(limit)
+                .ToList();
+            return Task.FromResult(page);
         }
     }
 
