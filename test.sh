@@ -60,4 +60,13 @@ if [ -z "${KMS_TEST_POSTGRES:-}" ]; then
   echo "test.sh: PostgreSQL for the tests at ${KMS_TEST_POSTGRES%%;Username*}"
 fi
 
-dotnet test Kms.sln -c Release --settings tests/test.runsettings --blame-hang-timeout 5m "$@"
+# Every server log event that answered a caller INTERNAL (it carries an ErrorId), with its
+# exception: an in-process test server keeps its log in memory only, so a failed run shows them here.
+export KMS_TEST_ERROR_LOG="${KMS_TEST_ERROR_LOG:-$(mktemp -t kms-test-internal-errors.XXXXXX)}"
+status=0
+dotnet test Kms.sln -c Release --settings tests/test.runsettings --blame-hang-timeout 5m "$@" || status=$?
+if [ "$status" -ne 0 ] && [ -s "$KMS_TEST_ERROR_LOG" ]; then
+  echo "test.sh: server log events behind INTERNAL answers during the run ($KMS_TEST_ERROR_LOG, last 300 lines):"
+  tail -n 300 "$KMS_TEST_ERROR_LOG"
+fi
+exit "$status"

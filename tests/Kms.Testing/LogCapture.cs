@@ -26,8 +26,20 @@ public sealed class LogCapture : ILogEventSink
             text.Append('\n').Append(logEvent.Exception);
         }
 
-        _events.Enqueue(text.ToString());
+        var line = text.ToString();
+        _events.Enqueue(line);
+        if (logEvent.Properties.ContainsKey("ErrorId") && Environment.GetEnvironmentVariable("KMS_TEST_ERROR_LOG") is { Length: > 0 } path)
+        {
+            // An INTERNAL answer's cause is in the server's log only, which an in-process test server
+            // keeps in memory and drops with the test: test.sh prints this file when a run fails.
+            lock (ErrorLogLock)
+            {
+                File.AppendAllText(path, $"{DateTimeOffset.UtcNow:O} {line}\n\n");
+            }
+        }
     }
+
+    private static readonly Lock ErrorLogLock = new();
 
     /// <summary>All events as one text.</summary>
     public string AllText => string.Join('\n', _events);
