@@ -48,6 +48,20 @@ public sealed class EncryptionContextTests
     }
 
     [Fact]
+    public void Create_KeyLimitCountsUtf8BytesNotCharacters()
+    {
+        // 128 × "é" is 128 characters but 256 bytes of UTF-8: exactly the limit.
+        var longest = new string('\u00e9', Limits.MaxContextKeyBytes / 2);
+        Assert.Equal(Limits.MaxContextKeyBytes, System.Text.Encoding.UTF8.GetByteCount(longest));
+        Assert.Equal(longest, Assert.Single(EncryptionContext.Create(new Dictionary<string, string> { [longest] = "v" }).Entries).Key);
+
+        // One byte more is 129 characters, far under 256 characters, and refused.
+        var e = Assert.Throws<KmsException>(() => EncryptionContext.Create(new Dictionary<string, string> { [longest + "k"] = "v" }));
+        Assert.Equal(KmsErrorCode.InvalidArgument, e.Code);
+        Assert.Equal("encryption_context", e.Field);
+    }
+
+    [Fact]
     public void Create_ValueAtTheLimit_Accepted()
     {
         var longest = new string('v', Limits.MaxContextValueBytes);
