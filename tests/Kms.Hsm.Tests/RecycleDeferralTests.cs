@@ -86,11 +86,7 @@ public sealed class RecycleDeferralTests
         Assert.Equal([4, 5, 6], await hsm.DecryptAesGcmAsync(key, new byte[12], [], sealedBefore, default));
 
         // The key generated on the old generation works on the new one; .NET verifies its signature.
-        var digest = SHA256.HashData([1, 2, 3]);
-        var signature = await hsm.SignAsync(new KeyMaterialRef(KeyVersionId.NewId(), material.Wrapped), KeyAlgorithm.RsaSignPss2048Sha256, digest, default);
-        using var rsa = RSA.Create();
-        rsa.ImportSubjectPublicKeyInfo(material.SubjectPublicKeyInfo, out _);
-        Assert.True(rsa.VerifyHash(digest, signature, HashAlgorithmName.SHA256, RSASignaturePadding.Pss));
+        await AssertSignsVerifiedByDotNetAsync(hsm, material);
         Assert.DoesNotContain(logger.Messages, m => m.Contains("lost", StringComparison.Ordinal) || m.Contains("failed", StringComparison.Ordinal) || m.Contains("did not return", StringComparison.Ordinal));
     }
 
@@ -146,11 +142,7 @@ public sealed class RecycleDeferralTests
         await UntilAsync(() => !hsm.Recycling, "the recycle did not end");
         Assert.Equal(1, hsm.Recycles);
 
-        var digest = SHA256.HashData([9]);
-        var signature = await hsm.SignAsync(new KeyMaterialRef(KeyVersionId.NewId(), secondMaterial.Wrapped), KeyAlgorithm.RsaSignPss2048Sha256, digest, default);
-        using var rsa = RSA.Create();
-        rsa.ImportSubjectPublicKeyInfo(secondMaterial.SubjectPublicKeyInfo, out _);
-        Assert.True(rsa.VerifyHash(digest, signature, HashAlgorithmName.SHA256, RSASignaturePadding.Pss));
+        await AssertSignsVerifiedByDotNetAsync(hsm, secondMaterial);
     }
 
     [Fact]
@@ -248,5 +240,15 @@ public sealed class RecycleDeferralTests
             Assert.True(guard.Elapsed < HangGuard, $"hang guard: {what} in {HangGuard}");
             await Task.Delay(10);
         }
+    }
+
+    // The RSA key the HSM generated signs (PSS over SHA-256), and .NET verifies it with its public key.
+    private static async Task AssertSignsVerifiedByDotNetAsync(Pkcs11Hsm hsm, GeneratedKeyMaterial material)
+    {
+        var digest = SHA256.HashData([1, 2, 3]);
+        var signature = await hsm.SignAsync(new KeyMaterialRef(KeyVersionId.NewId(), material.Wrapped), KeyAlgorithm.RsaSignPss2048Sha256, digest, default);
+        using var rsa = RSA.Create();
+        rsa.ImportSubjectPublicKeyInfo(material.SubjectPublicKeyInfo, out _);
+        Assert.True(rsa.VerifyHash(digest, signature, HashAlgorithmName.SHA256, RSASignaturePadding.Pss));
     }
 }
